@@ -1,0 +1,40 @@
+# catsdogs — every target sets up its own virtual environment first.
+#   make train DATA=path/to/PetImages   train + evaluate the default preset (run folder: runs/…)
+#   make test                           lint + the whole test suite (what CI runs)
+#   make bench / make bench-quick       benchmarks → benchmarks/results/
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/PetImages
+PRESET ?= default
+# A new run folder each time: runs/default, runs/default-2, runs/default-3, …
+RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
+ARGS ?=
+
+.PHONY: install train test lint bench bench-quick clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+train: install
+	$(BIN)/catsdogs train --data "$(DATA)" --out "$(RUN)" --preset $(PRESET) $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/run.py --data "$(DATA)"
+
+bench-quick: install
+	$(BIN)/python benchmarks/run.py --data "$(DATA)" --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,273 @@
+"""Training: scan → deduplicate → split → tf.data → fit (checkpoints, resume) → test evaluation.
+
+The flow follows the keras-io example "Image classification from scratch"
+(https://keras.io/examples/vision/image_classification_from_scratch/); checkpointing and resume
+use Keras callbacks (``BackupAndRestore``, ``ModelCheckpoint``,
+https://keras.io/api/callbacks/).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from catsdogs import CLASSES
+from catsdogs.config import TrainConfig, resolve_precision
+from catsdogs.data.pipeline import make_dataset
+from catsdogs.data.scan import Photo, ScanResult, scan_folder, summary_lines
+from catsdogs.data.split import load_split, make_split, save_split, select
+from catsdogs.errors import RunError
+from catsdogs.io import atomic_path, atomic_write_text
+from catsdogs.augment import AUGMENTATIONS
+from catsdogs.models import build_model
+from catsdogs.run import MODEL_FILE, is_run_folder
+
+HISTORY_FILE = "history.csv"
+BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
+BACKUP_DIR = "backup"
+
+
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` that writes to a temporary file and renames it into place, so a crash
+    mid-write never leaves a half-written checkpoint."""
+
+    def _save_model(self, epoch, batch, logs):
+        final = self.filepath
+        tmp = final[: -len(".weights.h5")] + ".tmp.weights.h5"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        self.filepath = tmp
+        try:
+            super()._save_model(epoch, batch, logs)
+        finally:
+            self.filepath = final
+        if os.path.exists(tmp):  # written only when the monitored value improved
+            os.replace(tmp, final)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """Write ``history.csv`` atomically after every epoch: ``epoch`` (1-based), the loss and
+    metrics, ``lr``, ``seconds`` (wall time of the epoch) and ``elapsed`` (training seconds so
+    far). On resume, rows of epochs that will be run again are dropped, so every epoch is counted
+    once."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict] = []
+        self._t0 = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.rows = read_history(self.path)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.rows = [r for r in self.rows if int(r["epoch"]) <= epoch]
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._t0
+        elapsed = (float(self.rows[-1]["elapsed"]) if self.rows else 0.0) + seconds
+        lr = self.model.optimizer.learning_rate
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()
+                                      if k != "learning_rate"},
+               "lr": float(keras.ops.convert_to_numpy(lr)), "seconds": round(seconds, 3),
+               "elapsed": round(elapsed, 3)}
+        self.rows.append(row)
+        buf = io.StringIO()
+        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buf.getvalue())
+
+
+def read_history(path: str) -> list[dict]:
+    """Rows of ``history.csv`` (empty list if the file does not exist)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _limit(photos: list[Photo], limit: int | None, seed: int) -> list[Photo]:
+    if limit is None:
+        return photos
+    rng = random.Random(seed)
+    out = []
+    for label in range(len(CLASSES)):
+        group = [p for p in photos if p.label == label]
+        rng.shuffle(group)
+        out += group[:limit]
+    return sorted(out, key=lambda p: p.path)
+
+
+def _prepare_run_folder(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    run = cfg.out
+    if resume:
+        if not is_run_folder(run):
+            raise RunError(f"{run}: nothing to resume (no config.json); start it without --resume")
+        return
+    if os.path.exists(run) and not os.path.isdir(run):
+        raise RunError(f"{run}: exists and is not a folder")
+    if os.path.isdir(run) and os.listdir(run):
+        if not overwrite:
+            hint = ("use --resume to continue it or --overwrite to start again"
+                    if is_run_folder(run) else "choose another --out or pass --overwrite")
+            raise RunError(f"{run}: run folder exists and is not empty; {hint}")
+        shutil.rmtree(run)
+    os.makedirs(run, exist_ok=True)
+
+
+def _learning_rate(cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    if cfg.schedule == "cosine":
+        # Linear warm-up then cosine decay to 0 (Loshchilov & Hutter 2017, "SGDR",
+        # arXiv:1608.03983; warm-up: Goyal et al. 2017, arXiv:1706.02677).
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        total = cfg.epochs * steps_per_epoch
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=cfg.learning_rate / 10 if warmup else cfg.learning_rate,
+            decay_steps=max(1, total - warmup), alpha=0.0,
+            warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Compile with the configured optimizer, learning-rate schedule and binary cross-entropy."""
+    lr = _learning_rate(cfg, steps_per_epoch)
+    if cfg.optimizer == "adam":
+        opt = keras.optimizers.Adam(lr)
+    elif cfg.optimizer == "adamw":  # Loshchilov & Hutter 2019, arXiv:1711.05101
+        opt = keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    model.compile(optimizer=opt,
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
+                  metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
+                  jit_compile=cfg.jit_compile)
+
+
+def prepare_data(cfg: TrainConfig, run: str, progress: bool) -> ScanResult:
+    """Scan, deduplicate, limit and split the photos; write ``scan.json`` and ``splits.csv``."""
+    result = scan_folder(cfg.data, progress=progress)
+    result.write_json(os.path.join(run, "scan.json"))
+    for line in summary_lines(result):
+        if progress or line.lstrip().startswith("SKIP"):
+            print(line)
+    result.check_usable()
+    photos = _limit(result.deduplicated(), cfg.limit, cfg.seed)
+    examples = make_split(photos, cfg.seed,
+                          (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction,
+                           cfg.test_fraction))
+    save_split(examples, os.path.join(run, "splits.csv"))
+    return result
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, evaluate: bool = True) -> str:
+    """Train a model into the run folder ``cfg.out`` and evaluate it once on the test split.
+
+    Args:
+        cfg: settings (with ``resume``, the run folder's own ``config.json`` is used instead).
+        resume: continue an interrupted run from its last completed epoch.
+        overwrite: delete an existing run folder first.
+        progress: show progress bars (otherwise one line per epoch).
+        evaluate: run the test evaluation and write metrics, plots and report at the end.
+
+    Returns:
+        The run folder path.
+
+    Raises:
+        DataError: the photo folder is unusable.
+        RunError: the run folder exists (without ``resume``/``overwrite``) or cannot be resumed.
+    """
+    run = cfg.out
+    _prepare_run_folder(cfg, resume, overwrite)
+    if resume:
+        out = run
+        cfg = TrainConfig.load(run)
+        cfg.out = out
+        examples = load_split(os.path.join(run, "splits.csv"))
+        print(f"Resuming {run} (preset {cfg.preset}, {cfg.epochs} epochs)")
+    else:
+        prepare_data(cfg, run, progress)
+        cfg.save(run)
+        examples = load_split(os.path.join(run, "splits.csv"))
+
+    keras.utils.set_random_seed(cfg.seed)
+    train_paths, train_labels = select(examples, "train")
+    val_paths, val_labels = select(examples, "val")
+    print(f"Split: {len(train_paths)} train, {len(val_paths)} val, "
+          f"{len(select(examples, 'test')[0])} test photos → {run}/splits.csv")
+    augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
+    train_ds = make_dataset(train_paths, train_labels, cfg.image_size, cfg.batch_size,
+                            shuffle=True, augment=augment, seed=cfg.seed)
+    val_ds = make_dataset(val_paths, val_labels, cfg.image_size, cfg.batch_size)
+    steps = int(np.ceil(len(train_paths) / cfg.batch_size))
+
+    # Built under a tf.distribute strategy scope (the default strategy for now) so that
+    # multi-worker training can be added by swapping the strategy.
+    precision = resolve_precision(cfg.precision)
+    print(f"Model {cfg.model} at {cfg.image_size} px, {precision} compute, "
+          f"{'XLA' if cfg.jit_compile else 'no XLA'}")
+    strategy = tf.distribute.get_strategy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        with strategy.scope():
+            model = build_model(cfg.model, cfg.image_size, **cfg.model_kwargs)
+            compile_model(model, cfg, steps)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    history_path = os.path.join(run, HISTORY_FILE)
+    checkpoint = AtomicModelCheckpoint(os.path.join(run, BEST_WEIGHTS), monitor="val_loss",
+                                       mode="min", save_best_only=True, save_weights_only=True)
+    done = read_history(history_path) if resume else []
+    if done and "val_loss" in done[0]:
+        checkpoint.best = min(float(r["val_loss"]) for r in done)
+    callbacks = [
+        keras.callbacks.TerminateOnNaN(),
+        HistoryCSV(history_path),
+        checkpoint,
+        # Last: the backup marks an epoch complete only after history and checkpoint are written.
+        keras.callbacks.BackupAndRestore(os.path.join(run, BACKUP_DIR), double_checkpoint=True),
+    ]
+    try:
+        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+                  shuffle=False,
+                  verbose=1 if progress else 2)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run) from None
+
+    best = os.path.join(run, BEST_WEIGHTS)
+    if os.path.exists(best):
+        model.load_weights(best)
+    if precision != "float32":  # the saved model computes in float32: exact and portable
+        trained = model
+        model = build_model(cfg.model, cfg.image_size, **cfg.model_kwargs)
+        model.set_weights(trained.get_weights())
+    with atomic_path(os.path.join(run, MODEL_FILE), suffix=".keras") as tmp:
+        model.save(tmp)
+    print(f"Saved {os.path.join(run, MODEL_FILE)} (best epoch by validation loss)")
+    if evaluate:
+        from catsdogs.evaluate import evaluate_run
+
+        evaluate_run(run, model=model, progress=progress)
+    return run
+
+
+class TrainingInterrupted(RunError):
+    """Training was stopped by Ctrl-C; the last completed epoch is saved and can be resumed."""
+
+    def __init__(self, run: str):
+        super().__init__(f"interrupted; the last completed epoch is saved in {run}/backup. "
+                         f"Resume with: catsdogs train --out {run} --resume")

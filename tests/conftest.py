@@ -1,0 +1,97 @@
+"""Shared fixtures: synthetic photos made with Pillow/NumPy, a tiny trained run, and the path to
+the real photos in ../shared/data (required when CI=true)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CATSDOGS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def require_shared(sub: str) -> Path:
+    """Path of ``../shared/data/<sub>``; fails loudly under CI=true when missing, else skips."""
+    path = SHARED_DATA / sub
+    if not path.exists():
+        msg = f"real photos not found at {path} (set CATSDOGS_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def photo(label: int, size=(48, 40), seed=0) -> np.ndarray:
+    """A synthetic 'photo' whose class is learnable: cats are reddish with a bright square,
+    dogs bluish with a dark stripe; noise varies with ``seed``. ``(h, w, 3) uint8``."""
+    rng = np.random.default_rng(seed * 2 + label)
+    w, h = size
+    img = rng.integers(0, 80, (h, w, 3)).astype(np.int32)
+    if label == 0:
+        img[..., 0] += 150
+        img[h // 4: h // 2, w // 4: w // 2] = 250
+    else:
+        img[..., 2] += 150
+        img[:, w // 2: w // 2 + max(2, w // 8)] = 10
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def save_photo(path: Path, label: int, seed: int = 0, size=(48, 40), fmt: str | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo(label, size, seed)).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def make_folder(tmp_path):
+    """Build a labelled folder: ``make_folder(cats=n, dogs=m, layout="folders"|"flat")``."""
+
+    def make(cats=6, dogs=6, layout="folders", names=("Cat", "Dog"), root=None):
+        root = Path(root or tmp_path / "photos")
+        for label, n in ((0, cats), (1, dogs)):
+            for i in range(n):
+                if layout == "folders":
+                    p = root / names[label] / f"{i}.jpg"
+                else:
+                    p = root / f"{('cat', 'dog')[label]}.{i}.jpg"
+                save_photo(p, label, seed=i)
+        return root
+
+    return make
+
+
+def run_cli(*args, check=True, timeout=900, **kw) -> subprocess.CompletedProcess:
+    """Run ``python -m catsdogs.cli ARGS`` and return the completed process (text output)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "catsdogs.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"catsdogs {' '.join(map(str, args))} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run trained in-process on 40 synthetic photos per class (quick preset, 32 px, 3
+    epochs): a real model.keras and run folder for predict/evaluate/serve tests."""
+    from catsdogs.config import make_config
+    from catsdogs.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "photos"
+    for label, name in ((0, "cats"), (1, "dogs")):
+        for i in range(40):
+            save_photo(data / name / f"{i}.png", label, seed=i)
+    cfg = make_config("quick", data=str(data), out=str(root / "run"), image_size=32, epochs=3,
+                      batch_size=16)
+    train(cfg, progress=False)
+    return root / "run"

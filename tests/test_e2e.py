@@ -1,0 +1,142 @@
+"""End to end on real photos from ../shared/data: train → complete run folder → evaluate →
+predict, and a training process killed with SIGKILL, then resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import require_shared, run_cli
+
+pytestmark = pytest.mark.e2e
+
+LIMIT = 250  # photos per class used for training (80/10/10 split)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    pets = require_shared("PetImages")
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    proc = run_cli("train", "--data", pets, "--out", run, "--preset", "quick", "--limit", LIMIT,
+                   "--epochs", "8", "--no-progress")
+    return pets, run, proc
+
+
+def test_train_writes_a_complete_run_folder(real_run):
+    pets, run, proc = real_run
+    for name in ("model.keras", "config.json", "splits.csv", "history.csv", "metrics.json",
+                 "report.md", "scan.json", "predictions.csv"):
+        assert (run / name).stat().st_size > 0, name
+    for name in ("history.png", "confusion_matrix.png", "roc.png", "samples.png",
+                 "mistakes.png"):
+        assert (run / "plots" / name).stat().st_size > 5000, name
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "quick" and config["limit"] == LIMIT
+    assert {"tensorflow", "keras", "catsdogs"} <= set(config["versions"])
+    with open(run / "splits.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * LIMIT
+    assert sum(r["split"] == "test" for r in rows) == 2 * LIMIT // 10
+    assert len({r["path"] for r in rows}) == len(rows)
+    history = list(csv.DictReader(open(run / "history.csv")))
+    assert [int(r["epoch"]) for r in history] == list(range(1, 9))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["source"]["split"] == "test" and metrics["n"] == 2 * LIMIT // 10
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["n"]
+    report = (run / "report.md").read_text()
+    assert "plots/confusion_matrix.png" in report and "accuracy" in report
+    # The cross-class duplicate (Cat/8456.jpg = Dog/8736.jpg) can never be in a split.
+    assert not any(r["path"].endswith(("Cat/8456.jpg", "Dog/8736.jpg")) for r in rows)
+
+
+def test_model_beats_chance_on_held_out_photos(real_run, tmp_path):
+    """Evaluate on 600 real photos the run never saw (not in any of its splits)."""
+    pets, run, _ = real_run
+    used = {r["path"] for r in csv.DictReader(open(run / "splits.csv"))}
+    held = tmp_path / "held"
+    for cls in ("Cat", "Dog"):
+        (held / cls).mkdir(parents=True)
+        names = sorted(os.listdir(pets / cls), key=lambda n: int(n.split(".")[0]))
+        fresh = [n for n in names if str(pets / cls / n) not in used][-300:]
+        for n in fresh:
+            os.symlink(pets / cls / n, held / cls / n)
+    proc = run_cli("evaluate", run, "--data", held, "--no-progress")
+    metrics = json.loads((run / "eval-held" / "metrics.json").read_text())
+    assert metrics["n"] == 600, proc.stdout[-2000:]
+    # Under chance (p = 0.5) 600 photos give ≥ 60 % with probability < 1e-6.
+    assert metrics["accuracy"] >= 0.60, metrics
+    assert metrics["roc_auc"] >= 0.65, metrics
+
+
+def test_evaluate_recomputes_test_metrics(real_run):
+    _, run, _ = real_run
+    before = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").unlink()
+    run_cli("evaluate", run, "--no-progress")
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["n"] == before["n"]
+    assert after["accuracy"] == pytest.approx(before["accuracy"], abs=1e-9)
+
+
+def test_predict_on_sample_photos(real_run):
+    _, run, _ = real_run
+    samples = require_shared("samples")
+    proc = run_cli("predict", run, samples, "--json")
+    rows = json.loads(proc.stdout)
+    assert len(rows) == len([n for n in os.listdir(samples) if n.endswith(".jpg")]) >= 10
+    assert all(r["error"] is None and 0 <= r["p_dog"] <= 1 for r in rows)
+
+
+def _wait_for(predicate, timeout, proc=None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_kill_minus_nine_then_resume(tmp_path):
+    pets = require_shared("PetImages")
+    run = tmp_path / "run"
+    epochs = 5
+    cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(pets), "--out", str(run),
+           "--preset", "quick", "--limit", "60", "--epochs", str(epochs), "--no-progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    history = run / "history.csv"
+
+    def epochs_done():
+        return history.exists() and len(history.read_text().strip().splitlines()) - 1 >= 2
+
+    try:
+        assert _wait_for(epochs_done, 600, proc), proc.communicate()[0][-3000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (run / "model.keras").exists()
+    done_before = len(history.read_text().strip().splitlines()) - 1
+    assert 2 <= done_before < epochs
+    splits_before = (run / "splits.csv").read_bytes()
+    # A killed run is not silently overwritten by a fresh start...
+    fresh = run_cli("train", "--data", pets, "--out", run, check=False)
+    assert fresh.returncode == 2 and "--resume" in fresh.stderr
+    # ...and --resume finishes it.
+    proc = run_cli("train", "--out", run, "--resume", "--no-progress")
+    assert "Resuming" in proc.stdout
+    rows = list(csv.DictReader(open(history)))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))  # each epoch once
+    assert (run / "splits.csv").read_bytes() == splits_before
+    assert (run / "model.keras").exists() and (run / "metrics.json").exists()
+    assert not (run / "backup").exists()  # BackupAndRestore cleans up after a finished run
+    leftovers = [n for n in os.listdir(run) if ".tmp" in n]
+    assert leftovers == []

@@ -1,0 +1,71 @@
+"""Models (registry, the exact baseline architecture) and the tf.data pipeline."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from catsdogs.data.pipeline import make_dataset, resize_uint8
+from catsdogs.models import available_models, build_model
+
+from conftest import save_photo
+
+
+def test_baseline_is_the_tutorial_net():
+    m = build_model("baseline", 64)
+    kinds = [type(layer).__name__ for layer in m.layers]
+    assert kinds == ["InputLayer", "Resize", "Rescaling", "Conv2D", "MaxPooling2D", "Conv2D",
+                     "MaxPooling2D", "Flatten", "Dense", "Dense", "Activation"]
+    convs = [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size, c.activation.__name__) for c in convs] == \
+        [(32, (3, 3), "relu")] * 2
+    pools = [layer for layer in m.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert all(p.pool_size == (2, 2) and p.strides == (2, 2) for p in pools)
+    # Hand-computed: conv 3*3*3*32+32 = 896; conv 3*3*32*32+32 = 9,248; 64→62→31→29→14:
+    # flatten 14*14*32 = 6,272; dense 6,272*128+128 = 802,944; output 128+1 = 129.
+    assert m.count_params() == 896 + 9_248 + 802_944 + 129
+    assert m.get_layer("p_dog").activation.__name__ == "sigmoid"
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_models_take_any_size_and_output_probabilities(name):
+    m = build_model(name, 48)
+    for h, w in ((48, 48), (100, 37)):
+        out = np.asarray(m(np.random.randint(0, 256, (2, h, w, 3)).astype("float32")))
+        assert out.shape == (2, 1) and out.dtype == np.float32
+        assert np.all((out >= 0) & (out <= 1))
+    assert m.get_layer("features") is not None
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("nope", 64)
+
+
+def test_model_resize_matches_pipeline_resize():
+    """A raw photo resized inside the model equals the same photo resized by the pipeline."""
+    m = build_model("baseline", 64)
+    head = keras.Model(m.input, m.get_layer("rescale").output)
+    raw = np.random.default_rng(0).integers(0, 256, (1, 90, 70, 3)).astype("float32")
+    inside = np.asarray(head(raw))
+    outside = np.asarray(resize_uint8(raw, 64), dtype=np.float32) / 255.0
+    assert inside.shape == outside.shape == (1, 64, 64, 3)
+    assert np.abs(inside - outside).max() <= 0.5 / 255 + 1e-6  # only uint8 rounding differs
+    same = np.asarray(head(np.asarray(resize_uint8(raw, 64), np.float32)))
+    np.testing.assert_allclose(same, outside, atol=1e-7)  # already-sized input passes unchanged
+
+
+def test_dataset_shapes_and_dtypes(tmp_path):
+    paths = [str(save_photo(tmp_path / f"{i}.png", i % 2, seed=i, size=(50 + i, 40))) for i in
+             range(5)]
+    ds = make_dataset(paths, [0, 1, 0, 1, 0], 32, batch_size=2)
+    batches = list(ds)
+    assert [int(x.shape[0]) for x, _ in batches] == [2, 2, 1]
+    x, y = batches[0]
+    assert x.shape == (2, 32, 32, 3) and x.dtype.name == "float32"
+    assert y.shape == (2, 1) and y.dtype.name == "float32"
+    assert 0 <= float(np.min(x)) and float(np.max(x)) <= 255
+    assert float(np.max(x)) == float(np.round(np.max(x)))  # cached as uint8 pixels
+    images_only = make_dataset(paths, None, 32, batch_size=5)
+    assert next(iter(images_only)).shape == (5, 32, 32, 3)
