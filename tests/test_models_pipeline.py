@@ -5,11 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import save_photo
 
 from catsdogs.data.pipeline import make_dataset, resize_uint8
 from catsdogs.models import available_models, build_model
-
-from conftest import save_photo
 
 
 def test_baseline_is_the_tutorial_net():

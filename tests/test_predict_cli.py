@@ -10,12 +10,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import photo, run_cli
 from PIL import Image
 
 from catsdogs.predict import Predictor, prepare
 from catsdogs.run import load_model
-
-from conftest import photo, run_cli
 
 
 def _formats(folder):

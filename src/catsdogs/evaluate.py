@@ -198,10 +198,11 @@ def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict], s
     if history:
         last = history[-1]
         best = min(history, key=lambda r: float(r.get("val_loss", "inf")))
-        lines += ["", f"Trained {len(history)} epochs in {float(last['elapsed']) / 60:.1f} minutes; "
-                      f"best validation loss {float(best['val_loss']):.4f} at epoch {best['epoch']} "
-                      f"(validation accuracy {float(best['val_accuracy']):.4f}); those weights are "
-                      "the saved model.", "", "## Training curves", "",
+        minutes = float(last["elapsed"]) / 60
+        lines += ["", f"Trained {len(history)} epochs in {minutes:.1f} minutes; best validation "
+                      f"loss {float(best['val_loss']):.4f} at epoch {best['epoch']} (validation "
+                      f"accuracy {float(best['val_accuracy']):.4f}); those weights are the saved "
+                      "model.", "", "## Training curves", "",
                   "![training curves](plots/history.png)"]
     if scan is not None:
         lines += ["", "## Data", "", "```", *summary_lines(scan)[:60], "```"]

@@ -31,7 +31,8 @@ def plot_history(history: list[dict], path: str) -> None:
     """Training and validation accuracy and loss per epoch (two panels)."""
     epochs = [int(r["epoch"]) for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss (binary cross-entropy)")):
+    panels = ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss (binary cross-entropy)"))
+    for ax, key, title in panels:
         for prefix, name in (("", "training"), ("val_", "validation")):
             if history and prefix + key in history[0]:
                 ax.plot(epochs, [float(r[prefix + key]) for r in history], marker="o", label=name)

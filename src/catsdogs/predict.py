@@ -85,7 +85,8 @@ class Predictor:
         return CLASSES[int(p_dog >= self.threshold)]
 
     def predict_prepared(self, batch: np.ndarray) -> np.ndarray:
-        """P(dog) for ``(n, image_size, image_size, 3) uint8`` prepared images → ``(n,) float32``."""
+        """P(dog) for prepared images, ``(n, image_size, image_size, 3) uint8`` →
+        ``(n,) float32``."""
         if len(batch) == 0:
             return np.zeros((0,), np.float32)
         out = []

@@ -20,13 +20,13 @@ import numpy as np
 import tensorflow as tf
 
 from catsdogs import CLASSES
+from catsdogs.augment import AUGMENTATIONS
 from catsdogs.config import TrainConfig, resolve_precision
 from catsdogs.data.pipeline import make_dataset
 from catsdogs.data.scan import Photo, ScanResult, scan_folder, summary_lines
 from catsdogs.data.split import load_split, make_split, save_split, select
 from catsdogs.errors import RunError
 from catsdogs.io import atomic_path, atomic_write_text
-from catsdogs.augment import AUGMENTATIONS
 from catsdogs.models import build_model
 from catsdogs.run import MODEL_FILE, is_run_folder
 
