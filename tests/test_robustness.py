@@ -1,0 +1,139 @@
+"""Trustworthiness: fuzzed image bytes, unsafe model files, run folders never clobbered,
+atomic writes, Ctrl-C during training."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from conftest import photo, run_cli, save_photo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from catsdogs.data.images import load_image
+from catsdogs.errors import ImageError, RunError
+from catsdogs.io import atomic_path, atomic_write_text
+from catsdogs.run import load_model
+
+
+def _encode(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(photo(1, (24, 16), seed=5)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SEEDS = {fmt: _encode(fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP")}
+
+
+def _check(data: bytes) -> None:
+    try:
+        arr = load_image(data, name="fuzz")
+    except ImageError as exc:
+        assert exc.reason and exc.path == "fuzz"
+        return
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.uint8
+    assert arr.ndim == 3 and arr.shape[2] == 3 and arr.shape[0] >= 1 and arr.shape[1] >= 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_fuzz_random_bytes(data):
+    _check(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(sorted(SEEDS)),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+def test_fuzz_mutated_images(fmt, edits, cut):
+    data = bytearray(SEEDS[fmt])
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    _check(bytes(data))
+
+
+def test_lambda_model_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    path = tmp_path / "evil.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(RunError, match="refused to load"):
+        load_model(str(path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"just text", b"PK\x03\x04 broken zip"])
+def test_non_model_files_are_refused(tmp_path, content):
+    path = tmp_path / "model.keras"
+    path.write_bytes(content)
+    with pytest.raises(RunError, match="model"):
+        load_model(str(path))
+
+
+def test_zip_that_is_not_a_keras_model(tmp_path):
+    path = tmp_path / "model.keras"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("hello.txt", "hi")
+    with pytest.raises(RunError, match="cannot load model"):
+        load_model(str(path))
+
+
+def test_existing_folder_is_never_overwritten(make_folder, tmp_path):
+    data = make_folder(cats=6, dogs=6)
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    proc = run_cli("train", "--data", data, "--out", out, "--preset", "quick", check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (out / "thesis.txt").read_text() == "years of work"
+    proc = run_cli("train", "--out", out, "--resume", check=False)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as fh:
+                fh.write("half of the new con")
+            raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["metrics.json"]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    data = tmp_path / "photos"
+    for label, name in ((0, "cats"), (1, "dogs")):
+        for i in range(60):
+            save_photo(data / name / f"{i}.png", label, seed=i)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(data), "--out", str(run),
+           "--preset", "quick", "--image-size", "32", "--batch-size", "8", "--epochs", "200",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    history = run / "history.csv"
+    t0 = time.time()
+    while time.time() - t0 < 300 and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    assert (run / "backup").is_dir()  # resumable state is on disk
+    assert [n for n in os.listdir(run) if ".tmp" in n] == []
