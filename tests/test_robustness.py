@@ -137,3 +137,30 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "--resume" in err and "Traceback" not in err
     assert (run / "backup").is_dir()  # resumable state is on disk
     assert [n for n in os.listdir(run) if ".tmp" in n] == []
+
+
+def test_crash_after_training_before_saving_resumes_without_retraining(make_folder, tmp_path,
+                                                                       monkeypatch):
+    import catsdogs.train as train_mod
+    from catsdogs.config import make_config
+
+    data = make_folder(cats=12, dogs=12)
+    cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=32,
+                      epochs=2, batch_size=8)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full while saving model.keras")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "atomic_path", crash)
+        with pytest.raises(OSError, match="disk full"):
+            train_mod.train(cfg, progress=False)
+    run = tmp_path / "run"
+    assert not (run / "model.keras").exists() and (run / "backup").is_dir()
+    history_before = (run / "history.csv").read_text()
+    train_mod.train(make_config("quick", out=str(run)), resume=True, progress=False)
+    assert (run / "history.csv").read_text() == history_before  # no epoch was run again
+    assert (run / "model.keras").exists() and (run / "metrics.json").exists()
+    assert not (run / "backup").exists()
+    with pytest.raises(RunError, match="already complete"):
+        train_mod.train(make_config("quick", out=str(run)), resume=True, progress=False)

@@ -114,6 +114,11 @@ def _prepare_run_folder(cfg: TrainConfig, resume: bool, overwrite: bool) -> None
     if resume:
         if not is_run_folder(run):
             raise RunError(f"{run}: nothing to resume (no config.json); start it without --resume")
+        finished = (os.path.exists(os.path.join(run, MODEL_FILE))
+                    and not os.path.exists(os.path.join(run, BACKUP_DIR)))
+        if finished and os.path.exists(os.path.join(run, "metrics.json")):
+            raise RunError(f"{run}: this run is already complete; nothing to resume "
+                           f"(`catsdogs evaluate {run}` recomputes its metrics)")
         return
     if os.path.exists(run) and not os.path.isdir(run):
         raise RunError(f"{run}: exists and is not a folder")
@@ -192,6 +197,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     run = cfg.out
     _prepare_run_folder(cfg, resume, overwrite)
+    if resume and os.path.exists(os.path.join(run, MODEL_FILE)) \
+            and not os.path.exists(os.path.join(run, BACKUP_DIR)):
+        # Training finished but the evaluation did not: evaluate only.
+        from catsdogs.evaluate import evaluate_run
+
+        print(f"Resuming {run}: training is complete; evaluating on the test split")
+        if evaluate:
+            evaluate_run(run, progress=progress)
+        return run
     if resume:
         out = run
         cfg = TrainConfig.load(run)
@@ -239,12 +253,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         HistoryCSV(history_path),
         checkpoint,
         # Last: the backup marks an epoch complete only after history and checkpoint are written.
-        keras.callbacks.BackupAndRestore(os.path.join(run, BACKUP_DIR), double_checkpoint=True),
+        # It is kept until model.keras is saved, so a crash in between resumes without retraining.
+        keras.callbacks.BackupAndRestore(os.path.join(run, BACKUP_DIR), double_checkpoint=True,
+                                         delete_checkpoint=False),
     ]
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                  shuffle=False,
-                  verbose=1 if progress else 2)
+                  shuffle=False, verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run) from None
 
@@ -257,6 +272,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         model.set_weights(trained.get_weights())
     with atomic_path(os.path.join(run, MODEL_FILE), suffix=".keras") as tmp:
         model.save(tmp)
+    shutil.rmtree(os.path.join(run, BACKUP_DIR), ignore_errors=True)
     print(f"Saved {os.path.join(run, MODEL_FILE)} (best epoch by validation loss)")
     if evaluate:
         from catsdogs.evaluate import evaluate_run
