@@ -12,8 +12,8 @@ import sys
 import time
 
 import pytest
-from scipy.stats import binomtest
 from conftest import require_shared, run_cli
+from scipy.stats import binomtest
 
 pytestmark = pytest.mark.e2e
 
