@@ -222,10 +222,10 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="catsdogs-bench-")
     peak = peak_matmul_flops()
     if args.quick:
-        plan = [("baseline", ["--limit", "200", "--epochs", "2"]),
-                ("default", ["--limit", "200", "--epochs", "1"])]
+        plan = [("default", ["--limit", "200", "--epochs", "1"]),
+                ("baseline", ["--limit", "200", "--epochs", "2"])]
     else:
-        names = (args.presets or "baseline,quick,default").split(",")
+        names = (args.presets or "default,quick,baseline").split(",")
         plan = [(p, []) for p in names]
     rows = []
     for preset, extra in plan:
@@ -240,11 +240,11 @@ def main() -> int:
         "input_pipeline_photos_per_s": input_pipeline(data, n=500 if args.quick else 2000),
         "presets": rows,
     }
-    last = rows[-1]
+    target = next((r for r in rows if r["preset"] == "default"), rows[-1])
     if os.path.exists(args.sample):
-        result["inference"] = {**inference(last["run"], args.sample,
+        result["inference"] = {**inference(target["run"], args.sample,
                                            n_single=50 if args.quick else 200),
-                               "run_preset": last["preset"]}
+                               "run_preset": target["preset"]}
     for r in rows:
         r["run"] = r["run"].replace(workdir, "RUNS")
     os.makedirs(args.out, exist_ok=True)
