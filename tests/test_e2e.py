@@ -26,7 +26,7 @@ def real_run(tmp_path_factory):
     pets = require_shared("PetImages")
     run = tmp_path_factory.mktemp("e2e") / "run"
     proc = run_cli("train", "--data", pets, "--out", run, "--preset", "quick", "--limit", LIMIT,
-                   "--epochs", str(EPOCHS), "--no-progress")
+                   "--batch-size", "32", "--epochs", str(EPOCHS), "--no-progress")
     return pets, run, proc
 
 
@@ -115,9 +115,10 @@ def test_kill_minus_nine_then_resume(tmp_path):
         for n in sorted(os.listdir(real / cls))[:150]:
             os.symlink(real / cls / n, pets / cls / n)
     run = tmp_path / "run"
-    epochs = 5
+    epochs = 30  # small batches and many epochs: the kill lands mid-run, not after the end
     cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(pets), "--out", str(run),
-           "--preset", "quick", "--limit", "60", "--epochs", str(epochs), "--no-progress"]
+           "--preset", "quick", "--limit", "60", "--epochs", str(epochs), "--batch-size", "4",
+           "--no-progress"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     history = run / "history.csv"
