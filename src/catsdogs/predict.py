@@ -18,8 +18,8 @@ import tensorflow as tf
 from catsdogs import CLASSES
 from catsdogs.data.images import load_image
 from catsdogs.data.pipeline import resize_uint8
-from catsdogs.data.scan import _is_hidden_or_system
-from catsdogs.errors import CatsDogsError, ImageError, display_path
+from catsdogs.data.scan import is_hidden_or_system
+from catsdogs.errors import ImageError, display_path
 from catsdogs.run import load_run
 
 
@@ -133,7 +133,7 @@ def expand_paths(paths: Iterable[str]) -> Iterator[tuple[str, str | None]]:
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
-                    if not _is_hidden_or_system(name):
+                    if not is_hidden_or_system(name):
                         yield os.path.join(dirpath, name), None
         elif os.path.lexists(path):
             yield path, None
@@ -159,6 +159,3 @@ def predict_paths(predictor: Predictor, paths: Iterable[str],
         if len(pending) >= chunk:
             yield from flush()
     yield from flush()
-
-
-__all__ = ["Prediction", "Predictor", "prepare", "predict_paths", "expand_paths", "CatsDogsError"]

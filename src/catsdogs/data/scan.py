@@ -151,7 +151,8 @@ def _usable(result: ScanResult) -> bool:
     return True
 
 
-def _is_hidden_or_system(name: str) -> bool:
+def is_hidden_or_system(name: str) -> bool:
+    """True for hidden files (a leading dot) and OS leftovers such as Thumbs.db."""
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
@@ -165,13 +166,13 @@ def _walk(folder: str, skipped: list[Skipped]) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(folder, onerror=onerror, followlinks=False):
         for d in list(dirnames):
             full = os.path.join(dirpath, d)
-            if _is_hidden_or_system(d):
+            if is_hidden_or_system(d):
                 dirnames.remove(d)
             elif os.path.islink(full):
                 skipped.append(Skipped(full, "symbolic link to a folder (not followed)"))
         for name in filenames:
             full = os.path.join(dirpath, name)
-            if _is_hidden_or_system(name):
+            if is_hidden_or_system(name):
                 skipped.append(Skipped(full, "hidden or system file"))
             else:
                 found.append(full)
@@ -212,7 +213,7 @@ def find_labelled_files(root: str) -> tuple[str, list[tuple[str, int]], list[Ski
         for e in entries:
             full = os.path.join(root, e)
             if (e, CLASS_FOLDER_NAMES.get(e.lower())) not in class_dirs and os.path.isfile(full) \
-                    and not _is_hidden_or_system(e):
+                    and not is_hidden_or_system(e):
                 skipped.append(Skipped(full, "outside the class folders (no label)"))
     else:
         layout = "file-names"
