@@ -15,7 +15,8 @@ Measured per preset: wall seconds of ``train`` (scan to report), peak RSS, train
 dense float32 matmul timed in the same run), time until validation accuracy first reaches 80,
 85, 90 and 93 %, and final test accuracy. Plus input-pipeline decode+resize photos/s and
 inference latency (decode + preprocess + model, one photo) and batch throughput for Keras
-``model.predict`` and a compiled ``tf.function``.
+``model.predict``, a compiled ``tf.function``, the ``catsdogs export`` ONNX (ONNX Runtime) and
+LiteRT models, and int8-quantized LiteRT variants (measured, not shipped).
 """
 
 from __future__ import annotations
@@ -131,43 +132,94 @@ def input_pipeline(data: str, n: int = 2000, image_size: int = 112) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def inference(run: str, sample: str, n_single: int = 200, batch: int = 256) -> dict:
-    """Latency of one photo (decode + preprocess + model) and batch throughput per path."""
+def _quantized_tflite(run: str, mode: str, calibration: np.ndarray) -> str:
+    """Write a quantized LiteRT copy of the run's model into the run folder, for measurement only.
+
+    ``mode="dynamic"``: int8 weights, float activations (dynamic-range quantization);
+    ``mode="int8"``: int8 weights and activations, calibrated on ``calibration`` (full-integer
+    post-training quantization). Both from https://ai.google.dev/edge/litert/models/post_training_quantization.
+    """
+    import keras
     import tensorflow as tf
 
-    from catsdogs.data.images import load_image
-    from catsdogs.predict import Predictor, prepare
+    from catsdogs.run import load_run
 
-    predictor = Predictor.from_run(run)
+    model, cfg = load_run(run)
+    size = cfg.image_size
+    path = os.path.join(run, f"bench-{mode}.tflite")
+    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    if mode == "int8":
+        kwargs["representative_dataset"] = lambda: ([calibration[i:i + 1]]
+                                                    for i in range(len(calibration)))
+    model.export(path, format="litert", verbose=False, input_signature=[
+        keras.InputSpec(shape=(None, size, size, 3), dtype="float32")], **kwargs)
+    return path
+
+
+def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
+              n_val: int = 1000) -> dict:
+    """Per inference path: one-photo latency (JPEG bytes → decode + preprocess + model, warm)
+    and batch throughput (prepared photos), plus agreement with the Keras model and accuracy on
+    ``n_val`` validation photos (quantized paths change probabilities, so accuracy is the check).
+
+    Paths: Keras ``model.predict``; the compiled ``tf.function`` (catsdogs' Keras engine); the
+    ``catsdogs export`` ONNX model in ONNX Runtime and LiteRT model in the LiteRT interpreter
+    (XNNPACK); and, measured only, LiteRT with int8 weights (dynamic range) and full int8.
+    """
+    from catsdogs.data.images import load_image
+    from catsdogs.data.split import load_split, select
+    from catsdogs.export import export_run
+    from catsdogs.predict import LiteRTEngine, Predictor, load_engine, prepare
+
+    keras_engine, cfg = load_engine(run, "keras")
+    size = cfg.image_size
+    exports = {fmt: export_run(run, fmt, verbose=False) for fmt in ("onnx", "tflite")}
+    paths, labels = select(load_split(os.path.join(run, "splits.csv")), "val")
+    val = np.stack([prepare(load_image(p), size) for p in paths[:n_val]]).astype(np.float32)
+    val_y = np.asarray(labels[:n_val])
+    reference = keras_engine(val)
+    engines = {"keras_predict": None, "tf_function": keras_engine,
+               "onnx": load_engine(run, "onnx")[0], "tflite": load_engine(run, "tflite")[0]}
+    for mode in ("dynamic", "int8"):
+        engines[f"tflite_{mode}"] = LiteRTEngine(_quantized_tflite(run, mode, val[:200]))
     with open(sample, "rb") as fh:
         data = fh.read()
-    for _ in range(10):
-        predictor.predict_sources([data], ["warm-up"])
-    times = []
-    for _ in range(n_single):
-        t0 = time.perf_counter()
-        predictor.predict_sources([data], ["x"])
-        times.append((time.perf_counter() - t0) * 1000)
-    prepared = np.stack([prepare(load_image(data), predictor.image_size)] * batch)
-    x = tf.convert_to_tensor(prepared, tf.float32)
-    model = predictor.model
-    paths = {
-        "keras_predict": lambda: model.predict(x, batch_size=batch, verbose=0),
-        "tf_function": lambda: predictor._call(x).numpy(),
-    }
-    throughput = {}
-    for name, fn in paths.items():
-        fn()
-        t0 = time.perf_counter()
+    prepared = np.repeat(prepare(load_image(data), size)[None].astype(np.float32), batch, 0)
+    model = keras_engine.model
+    out = {}
+    for name, engine in engines.items():
+        if engine is None:  # model.predict: Keras' own loop, batch only
+            def call(x):
+                return model.predict(x, batch_size=batch, verbose=0).reshape(-1)
+            single = None
+        else:
+            call = engine
+            predictor = Predictor(engine, size, cfg.threshold)
+            for _ in range(10):
+                predictor.predict_sources([data], ["warm-up"])
+            times = []
+            for _ in range(n_single):
+                t0 = time.perf_counter()
+                predictor.predict_sources([data], ["x"])
+                times.append((time.perf_counter() - t0) * 1000)
+            single = {q: float(np.percentile(times, int(q[1:]))) for q in ("p50", "p95", "p99")}
+        call(prepared)
         reps = 5
+        t0 = time.perf_counter()
         for _ in range(reps):
-            fn()
-        throughput[name] = batch * reps / (time.perf_counter() - t0)
-    return {"single_photo_ms": {"p50": float(np.percentile(times, 50)),
-                                "p95": float(np.percentile(times, 95)),
-                                "p99": float(np.percentile(times, 99))},
-            "batch_photos_per_s": throughput, "batch_size": batch,
-            "path_for_single_photo": "Predictor (tf_function)"}
+            call(prepared)
+        photos_per_s = batch * reps / (time.perf_counter() - t0)
+        p = np.concatenate([call(val[i:i + batch]) for i in range(0, len(val), batch)])
+        out[name] = {"single_photo_ms": single, "batch_photos_per_s": photos_per_s,
+                     "max_abs_diff_vs_keras": float(np.max(np.abs(p - reference))),
+                     "val_accuracy": float(np.mean((p >= cfg.threshold) == val_y)),
+                     "label_agreement_vs_keras": float(np.mean(
+                         (p >= cfg.threshold) == (reference >= cfg.threshold)))}
+    for mode in ("dynamic", "int8"):
+        os.unlink(os.path.join(run, f"bench-{mode}.tflite"))
+    return {"engines": out, "batch_size": batch, "n_val": int(len(val)),
+            "export_bytes": {k: v["bytes"] for k, v in exports.items()},
+            "keras_val_accuracy": float(np.mean((reference >= cfg.threshold) == val_y))}
 
 
 def markdown(result: dict) -> str:
@@ -193,12 +245,16 @@ def markdown(result: dict) -> str:
             f"{r['test_accuracy']:.4f} |")
     inf = result.get("inference")
     if inf:
-        s = inf["single_photo_ms"]
-        lines += ["", f"Inference ({inf['run_preset']}): one photo (decode + preprocess + model) "
-                      f"p50 {s['p50']:.1f} ms, p95 {s['p95']:.1f} ms, p99 {s['p99']:.1f} ms; "
-                      "batch of " + str(inf["batch_size"]) + ": " +
-                      ", ".join(f"{k} {v:.0f} photos/s"
-                                for k, v in inf["batch_photos_per_s"].items())]
+        lines += ["", f"Inference ({inf['run_preset']} model; one photo = JPEG bytes → decode + "
+                      f"preprocess + model, warm; batch of {inf['batch_size']} prepared photos; "
+                      f"accuracy on {inf['n_val']} validation photos):", "",
+                  "| path | 1 photo p50 / p95 / p99 ms | batch photos/s | max abs ΔP(dog) vs "
+                  "Keras | val accuracy |", "| --- | --- | --- | --- | --- |"]
+        for name, e in inf["engines"].items():
+            s1 = e["single_photo_ms"]
+            lat = "–" if s1 is None else f"{s1['p50']:.2f} / {s1['p95']:.2f} / {s1['p99']:.2f}"
+            lines.append(f"| {name} | {lat} | {e['batch_photos_per_s']:.0f} | "
+                         f"{e['max_abs_diff_vs_keras']:.1e} | {e['val_accuracy']:.4f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -165,8 +165,8 @@ def test_explain_to_file_bad_input_writes_nothing(tiny_run, tmp_path):
 
 
 def test_explain_image_max_side_keeps_heatmap(tiny_run):
-    p = Predictor.from_run(str(tiny_run))
-    cam = GradCAM(p.model)
+    p = Predictor.from_run(str(tiny_run), engine="keras")
+    cam = GradCAM(p.engine.model)
     image = photo(0, (400, 200), 4)
     full = explain_image(p, cam, image, "x")
     small = explain_image(p, cam, image, "x", max_side=100)

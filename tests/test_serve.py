@@ -360,8 +360,8 @@ def test_heatmap_overlay_matches_explain_module(client, tiny_run):
     from catsdogs.predict import Predictor
 
     data = png(0, 30, size=(64, 48))
-    p = Predictor.from_run(str(tiny_run))
-    want = explain_image(p, GradCAM(p.model), load_image(data), "x").overlay
+    p = Predictor.from_run(str(tiny_run), engine="keras")
+    want = explain_image(p, GradCAM(p.engine.model), load_image(data), "x").overlay
     r = client.post("/api/v1/predict?explain=true", files=upload(("x.png", data)))
     got = np.asarray(Image.open(io.BytesIO(base64.b64decode(
         r.json()["results"][0]["heatmap_png_base64"]))))

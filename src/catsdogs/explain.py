@@ -208,7 +208,7 @@ def explain_image(predictor: Predictor, cam: GradCAM, image: np.ndarray, name: s
 
     Args:
         predictor: gives P(dog) and the label (the path shared with ``catsdogs predict``).
-        cam: a :class:`GradCAM` for ``predictor.model``.
+        cam: a :class:`GradCAM` for the run's Keras model.
         image: ``(H, W, 3) uint8`` from :func:`catsdogs.data.images.load_image`.
         name: the photo's name in the result.
         p_dog: P(dog) when already known (skips a second prediction).
@@ -250,9 +250,9 @@ def explain_to_file(run: str, image_path: str, out_png: str,
         RunError: bad run folder or model. ImageError: unreadable photo (nothing is written).
         CatsDogsError: the output file cannot be written.
     """
-    predictor = Predictor.from_run(run)
+    predictor = Predictor.from_run(run, engine="keras")  # Grad-CAM needs the Keras model
     image = load_image(image_path)  # raises ImageError before anything is written
-    result = explain_image(predictor, GradCAM(predictor.model), image, str(image_path),
+    result = explain_image(predictor, GradCAM(predictor.engine.model), image, str(image_path),
                            alpha=alpha)
     data = png_bytes(result.overlay)
     try:

@@ -19,7 +19,7 @@ from catsdogs import CLASSES
 from catsdogs.data.images import load_image
 from catsdogs.data.pipeline import resize_uint8
 from catsdogs.data.scan import is_hidden_or_system
-from catsdogs.errors import ImageError, display_path
+from catsdogs.errors import ImageError, RunError, display_path
 from catsdogs.run import load_run
 
 
@@ -53,32 +53,171 @@ class Prediction:
                 "p_cat": self.p_cat, "error": self.error}
 
 
-class Predictor:
-    """A loaded model plus its preprocessing, safe to share between threads.
+class KerasEngine:
+    """The Keras model as an inference engine: prepared images ``(n, S, S, 3) float32`` (0–255)
+    → P(dog) ``(n,) float32``. Calls go through one compiled ``tf.function`` (no per-call Python
+    overhead of ``model.predict``), one at a time: Keras layers are not re-entrant."""
+
+    name = "keras"
+
+    def __init__(self, model):
+        self.model = model
+        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self.lock = threading.Lock()
+        """Held around every model call; share it with other users of ``model`` (Grad-CAM)."""
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = tf.convert_to_tensor(images, tf.float32)
+        with self.lock:
+            return self._call(x).numpy().reshape(-1).astype(np.float32)
+
+
+class OnnxEngine:
+    """An exported ``model.onnx`` in ONNX Runtime (https://onnxruntime.ai/docs/api/python/),
+    CPU execution provider. ``InferenceSession.run`` is thread-safe, so no lock is needed.
+
+    Raises:
+        RunError: onnxruntime is not installed, or the file cannot be loaded.
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunError("the onnx engine needs onnxruntime: pip install 'catsdogs[export]'") \
+                from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise RunError(f"{path}: cannot load ONNX model ({str(exc)[:200]})") from None
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        return self.session.run(None, {self._input: x})[0].reshape(-1).astype(np.float32)
+
+
+class LiteRTEngine:
+    """An exported ``model.tflite`` in the LiteRT interpreter (``ai_edge_litert``, XNNPACK CPU
+    kernels; https://ai.google.dev/edge/litert/inference). The interpreter is not thread-safe:
+    calls take a lock. Its input is resized to each call's batch size.
+
+    Raises:
+        RunError: ai-edge-litert is not installed, or the file cannot be loaded.
+    """
+
+    name = "tflite"
+
+    def __init__(self, path: str, num_threads: int | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            raise RunError("the tflite engine needs ai-edge-litert: "
+                           "pip install 'catsdogs[export]'") from None
+        try:
+            self.interpreter = Interpreter(model_path=path,
+                                           num_threads=num_threads or os.cpu_count() or 1)
+        except Exception as exc:  # noqa: BLE001
+            raise RunError(f"{path}: cannot load LiteRT model ({str(exc)[:200]})") from None
+        self._input = self.interpreter.get_input_details()[0]["index"]
+        self._output = self.interpreter.get_output_details()[0]["index"]
+        self._batch = -1
+        self._lock = threading.Lock()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        with self._lock:
+            if len(x) != self._batch:
+                self.interpreter.resize_tensor_input(self._input, x.shape, strict=True)
+                self.interpreter.allocate_tensors()
+                self._batch = len(x)
+            self.interpreter.set_tensor(self._input, x)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._output).reshape(-1).astype(np.float32)
+
+
+def load_engine_file(path: str, fmt: str):
+    """An engine for an exported model file of format ``"onnx"`` or ``"tflite"``."""
+    return OnnxEngine(path) if fmt == "onnx" else LiteRTEngine(path)
+
+
+def load_engine(run_dir: str, engine: str = "auto"):
+    """The inference engine for a finished run, and its config.
 
     Args:
-        model: a model from :func:`catsdogs.run.load_model` (input any size, output P(dog)).
+        run_dir: run folder.
+        engine: one of :data:`catsdogs.export.ENGINES`.
+
+    Returns:
+        ``(engine, config)``; ``engine(images)`` maps ``(n, S, S, 3) float32`` → ``(n,) float32``.
+
+    Raises:
+        RunError: not a finished run; ``engine`` names a format that was not exported, or was
+            exported from an older ``model.keras`` (re-run ``catsdogs export``).
+    """
+    from catsdogs.config import TrainConfig
+    from catsdogs.export import ENGINES, FORMATS, usable_export
+
+    if engine not in ENGINES:
+        raise RunError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    if engine in FORMATS:
+        if not os.path.isdir(run_dir):
+            raise RunError(f"{run_dir}: no such run folder")
+        config = TrainConfig.load(run_dir)
+        path = usable_export(run_dir, engine)
+        if path is None:
+            raise RunError(f"{run_dir}: no up-to-date {FORMATS[engine]}; create it with: "
+                           f"catsdogs export {run_dir} --format {engine}")
+        return load_engine_file(path, engine), config
+    if engine == "auto" and os.path.isdir(run_dir):
+        for fmt in ("tflite", "onnx"):
+            path = usable_export(run_dir, fmt)
+            if path is not None:
+                try:
+                    return load_engine_file(path, fmt), TrainConfig.load(run_dir)
+                except RunError:
+                    continue  # e.g. the runtime package is not installed: fall back to Keras
+    model, config = load_run(run_dir)
+    return KerasEngine(model), config
+
+
+class Predictor:
+    """An inference engine plus its preprocessing, safe to share between threads.
+
+    Args:
+        model: a Keras model from :func:`catsdogs.run.load_model` (input any size, output
+            P(dog)), or an engine (:class:`KerasEngine`, :class:`OnnxEngine`,
+            :class:`LiteRTEngine`).
         image_size: the size its training used (from ``config.json``).
         threshold: P(dog) at or above which the label is ``dog``.
+        batch_size: photos per engine call.
     """
 
     def __init__(self, model, image_size: int, threshold: float = 0.5, batch_size: int = 32):
-        self.model = model
+        engines = (KerasEngine, OnnxEngine, LiteRTEngine)
+        self.engine = model if isinstance(model, engines) else KerasEngine(model)
         self.image_size = image_size
         self.threshold = threshold
         self.batch_size = batch_size
-        self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        self._lock = threading.Lock()
 
     @classmethod
-    def from_run(cls, run_dir: str) -> Predictor:
-        """Load ``run_dir``'s ``model.keras`` (safe mode) and settings.
+    def from_run(cls, run_dir: str, engine: str = "auto") -> Predictor:
+        """Load ``run_dir``'s model (see :func:`load_engine`) and settings.
 
         Raises:
             RunError: not a finished run folder, or the model cannot be loaded.
         """
-        model, cfg = load_run(run_dir)
-        return cls(model, cfg.image_size, cfg.threshold)
+        eng, cfg = load_engine(run_dir, engine)
+        return cls(eng, cfg.image_size, cfg.threshold)
+
+    @property
+    def engine_name(self) -> str:
+        """``"keras"``, ``"onnx"`` or ``"tflite"``."""
+        return self.engine.name
 
     def label(self, p_dog: float) -> str:
         """``"dog"`` if ``p_dog >= threshold`` else ``"cat"``."""
@@ -89,11 +228,8 @@ class Predictor:
         ``(n,) float32``."""
         if len(batch) == 0:
             return np.zeros((0,), np.float32)
-        out = []
-        for i in range(0, len(batch), self.batch_size):
-            x = tf.convert_to_tensor(batch[i:i + self.batch_size], tf.float32)
-            with self._lock:  # one model call at a time: Keras layers are not re-entrant
-                out.append(self._call(x).numpy().reshape(-1))
+        out = [self.engine(batch[i:i + self.batch_size].astype(np.float32))
+               for i in range(0, len(batch), self.batch_size)]
         return np.concatenate(out).astype(np.float32)
 
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:

@@ -15,8 +15,8 @@ import keras
 from catsdogs import models  # noqa: F401 - registers the custom layers that load_model needs
 from catsdogs.config import TrainConfig
 from catsdogs.errors import RunError
+from catsdogs.export import MODEL_FILE
 
-MODEL_FILE = "model.keras"
 RUN_FILES = ("model.keras", "config.json", "splits.csv", "history.csv", "metrics.json",
              "report.md")
 """Files a finished run folder contains (plus ``plots/``)."""

@@ -143,11 +143,13 @@ def _page() -> str:
 class _Service:
     """The loaded model, Grad-CAM and limits, shared by all requests."""
 
-    def __init__(self, run_dir: str, max_upload_mb: float, max_files: int):
+    def __init__(self, run_dir: str, max_upload_mb: float, max_files: int,
+                 engine: str = "auto"):
         import catsdogs.models  # noqa: F401 - registers the custom layers model.keras files use
         from catsdogs.config import TrainConfig, software_versions
         from catsdogs.explain import GradCAM
-        from catsdogs.predict import Predictor
+        from catsdogs.predict import KerasEngine, Predictor
+        from catsdogs.run import load_run
 
         if not max_upload_mb > 0:
             raise CatsDogsError(f"max_upload_mb must be positive, not {max_upload_mb}")
@@ -158,10 +160,15 @@ class _Service:
         self.max_upload_mb = float(max_upload_mb)
         self.max_files = int(max_files)
         self.config = TrainConfig.load(self.run_dir)
-        self.predictor = Predictor.from_run(self.run_dir)
+        self.predictor = Predictor.from_run(self.run_dir, engine=engine)
         try:
-            # share the predictor's lock: one model call at a time (Keras layers not re-entrant)
-            self.cam = GradCAM(self.predictor.model, lock=self.predictor._lock)
+            # Grad-CAM needs the Keras model; when predictions use it too, share its lock (one
+            # model call at a time: Keras layers are not re-entrant)
+            if isinstance(self.predictor.engine, KerasEngine):
+                model, lock = self.predictor.engine.model, self.predictor.engine.lock
+            else:
+                model, lock = load_run(self.run_dir)[0], None
+            self.cam = GradCAM(model, lock=lock)
         except RunError as exc:
             log.warning("Grad-CAM unavailable: %s", exc)
             self.cam = None
@@ -176,6 +183,7 @@ class _Service:
             "run": os.path.basename(self.run_dir),
             "preset": self.config.preset,
             "model": self.config.model,
+            "engine": self.predictor.engine_name,
             "image_size": self.config.image_size,
             "threshold": self.config.threshold,
             "classes": list(CLASSES),
@@ -222,7 +230,8 @@ class _Service:
             return results
 
 
-def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20) -> FastAPI:
+def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
+               engine: str = "auto") -> FastAPI:
     """Build the FastAPI app for one run; the model is loaded (safe mode) and warmed up here,
     once, and shared by all requests.
 
@@ -232,6 +241,9 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20) -> 
         max_upload_mb: largest accepted request body, in MB (1 MB = 2**20 bytes); larger
             uploads get 413.
         max_files: most files per ``/api/v1/predict`` request; more get 400.
+        engine: inference engine for predictions (:data:`catsdogs.export.ENGINES`; ``auto``
+            uses an up-to-date ``catsdogs export`` of the run when there is one). Grad-CAM
+            heatmaps always use the Keras model.
 
     Returns:
         The ASGI app (serve it with uvicorn, or test it with ``fastapi.testclient``).
@@ -242,7 +254,7 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20) -> 
     """
     from starlette.concurrency import run_in_threadpool
 
-    service = _Service(run_dir, max_upload_mb, max_files)
+    service = _Service(run_dir, max_upload_mb, max_files, engine)
     page = _page()
     app = FastAPI(title="catsdogs", version=__version__,
                   description="Tell cats from dogs in photos, with Grad-CAM explanations.")
@@ -323,7 +335,7 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20) -> 
 
 
 def run_server(run: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10,
-               max_files: int = 20) -> None:
+               max_files: int = 20, engine: str = "auto") -> None:
     """Serve :func:`create_app` with uvicorn until interrupted (``catsdogs serve``).
 
     Loads the model before listening, so ``/healthz`` answers 200 as soon as the port accepts
@@ -334,9 +346,10 @@ def run_server(run: str, host: str = "127.0.0.1", port: int = 8000, max_upload_m
     """
     import uvicorn
 
-    app = create_app(run, max_upload_mb=max_upload_mb, max_files=max_files)
+    app = create_app(run, max_upload_mb=max_upload_mb, max_files=max_files, engine=engine)
     shown = f"[{host}]" if ":" in host else host
-    print(f"catsdogs: serving {run} at http://{shown}:{port}/ (API: /api/v1/predict, "
-          f"docs: /docs; Ctrl+C to stop)", flush=True)
+    engine_name = app.state.service.predictor.engine_name
+    print(f"catsdogs: serving {run} ({engine_name} engine) at http://{shown}:{port}/ "
+          f"(API: /api/v1/predict, docs: /docs; Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", limit_concurrency=64,
                 timeout_graceful_shutdown=10)

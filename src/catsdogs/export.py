@@ -1,0 +1,169 @@
+"""Export a trained run for fast inference: ONNX (ONNX Runtime) or LiteRT (``.tflite``).
+
+``catsdogs export RUN --format onnx|tflite`` writes ``RUN/model.onnx`` or ``RUN/model.tflite``
+with Keras 3's own exporter (``model.export(..., format="onnx"|"litert")``,
+https://keras.io/api/models/model_saving_apis/export/; ONNX goes through tf2onnx, LiteRT through
+the TensorFlow Lite converter). The exported graph takes *prepared* images,
+``(batch, image_size, image_size, 3) float32`` in 0–255 (the output of
+:func:`catsdogs.predict.prepare`), and returns P(dog), ``(batch, 1) float32``: the resize step
+stays in the shared Python preprocessing, so every engine sees identical pixels.
+
+Every export is checked before it is kept: the exported model and the Keras model classify the
+same images (random noise plus photos of the run's validation split) and the largest difference
+in P(dog) must be at most :data:`TOLERANCE`. The result is recorded in ``RUN/export.json`` with
+the SHA-256 of the ``model.keras`` it came from, so a stale export (the Keras model changed
+since) is never used in its place.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from catsdogs.errors import RunError
+from catsdogs.io import atomic_path, atomic_write_text
+
+# (no TensorFlow/Keras import at module level: the command line reads FORMATS and ENGINES)
+MODEL_FILE = "model.keras"
+"""The Keras model's file name in a run folder."""
+FORMATS: dict[str, str] = {"onnx": "model.onnx", "tflite": "model.tflite"}
+"""Export format → file name inside the run folder."""
+ENGINES = ("auto", "keras", "onnx", "tflite")
+"""Inference engines for ``predict``/``serve`` (``--engine``). ``auto`` takes an up-to-date
+exported model when the run has one (LiteRT first, the fastest here; see
+benchmarks/README.md), else the Keras model."""
+
+EXPORT_INFO = "export.json"
+TOLERANCE = 1e-4
+"""Largest allowed |P(dog) exported − P(dog) Keras| for an export to be kept."""
+
+
+class ExportError(RunError):
+    """An export failed or its output disagrees with the Keras model."""
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_export_info(run_dir: str) -> dict:
+    """``RUN/export.json`` as a dict (format → record), or ``{}`` when there is none."""
+    path = os.path.join(run_dir, EXPORT_INFO)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: unreadable ({exc})") from None
+
+
+def usable_export(run_dir: str, fmt: str) -> str | None:
+    """Path of ``fmt``'s exported model if it exists and was exported from the current
+    ``model.keras`` (same SHA-256), else ``None``."""
+    path = os.path.join(run_dir, FORMATS[fmt])
+    record = read_export_info(run_dir).get(fmt)
+    if not record or not os.path.isfile(path):
+        return None
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    if not os.path.isfile(model_path) or record.get("model_sha256") != file_sha256(model_path):
+        return None
+    return path
+
+
+def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int = 24,
+                 seed: int = 0) -> np.ndarray:
+    """Images the export check compares on: ``n_random`` uniform-noise images plus up to
+    ``n_photos`` prepared photos of the run's validation split (when ``splits.csv`` and the photos
+    are still there). Returns ``(n, image_size, image_size, 3) float32`` in 0–255."""
+    from catsdogs.data.images import load_image
+    from catsdogs.data.split import load_split, select
+    from catsdogs.errors import CatsDogsError
+    from catsdogs.predict import prepare
+
+    rng = np.random.default_rng(seed)
+    images = list(rng.integers(0, 256, (n_random, image_size, image_size, 3), dtype=np.uint8))
+    try:
+        paths, _ = select(load_split(os.path.join(run_dir, "splits.csv")), "val")
+    except CatsDogsError:
+        paths = []
+    for path in paths[:n_photos]:
+        try:
+            images.append(prepare(load_image(path), image_size))
+        except CatsDogsError:
+            continue
+    return np.stack(images).astype(np.float32)
+
+
+def export_run(run_dir: str, fmt: str, *, verbose: bool = True) -> dict:
+    """Export ``RUN/model.keras`` to ``fmt`` and check it against the Keras model.
+
+    Args:
+        run_dir: a finished run folder.
+        fmt: ``"onnx"`` or ``"tflite"`` (see :data:`FORMATS`).
+        verbose: print what was written and the check's result.
+
+    Returns:
+        The record written to ``export.json`` for this format: ``file``, ``bytes``,
+        ``model_sha256``, ``max_abs_diff`` (P(dog), over ``check_images``), ``n_checked``,
+        ``seconds`` (export wall time) and ``created`` (UTC, ISO 8601).
+
+    Raises:
+        RunError: not a finished run folder.
+        ExportError: unknown format, a missing exporter package, a failed conversion, or an
+            exported model that differs from the Keras model by more than :data:`TOLERANCE`
+            (the file is then not kept).
+    """
+    import time
+
+    import keras
+
+    from catsdogs.predict import KerasEngine, load_engine_file
+    from catsdogs.run import load_run
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
+    model, cfg = load_run(run_dir)
+    size = cfg.image_size
+    target = os.path.join(run_dir, FORMATS[fmt])
+    signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32")]
+    start = time.perf_counter()
+    with atomic_path(target, suffix=os.path.splitext(target)[1]) as tmp:
+        try:
+            model.export(tmp, format="litert" if fmt == "tflite" else "onnx",
+                         input_signature=signature, verbose=False)
+        except ImportError as exc:
+            raise ExportError(f"{fmt} export needs an optional package: {exc}. "
+                              "Install it with: pip install 'catsdogs[export]'") from None
+        except Exception as exc:  # noqa: BLE001 - converters raise many types
+            raise ExportError(f"{target}: {fmt} export failed "
+                              f"({type(exc).__name__}: {str(exc)[:300]})") from None
+        seconds = time.perf_counter() - start
+        images = check_images(run_dir, size)
+        expected = KerasEngine(model)(images)
+        got = load_engine_file(tmp, fmt)(images)
+        diff = float(np.max(np.abs(expected - got)))
+        if not diff <= TOLERANCE:  # also catches NaN
+            raise ExportError(f"{target}: the exported model disagrees with model.keras "
+                              f"(max |ΔP(dog)| = {diff:.2e} > {TOLERANCE:g}); not kept")
+    record = {"file": FORMATS[fmt], "bytes": os.path.getsize(target),
+              "model_sha256": file_sha256(os.path.join(run_dir, MODEL_FILE)),
+              "max_abs_diff": diff, "n_checked": int(len(images)), "seconds": round(seconds, 3),
+              "created": datetime.datetime.now(datetime.UTC).isoformat(
+                  timespec="seconds")}
+    info = read_export_info(run_dir)
+    info[fmt] = record
+    atomic_write_text(os.path.join(run_dir, EXPORT_INFO), json.dumps(info, indent=2))
+    if verbose:
+        print(f"Exported {target} ({record['bytes'] / 1e6:.1f} MB) in {seconds:.1f} s; "
+              f"max |ΔP(dog)| vs model.keras over {len(images)} images: {diff:.1e}")
+    return record
