@@ -281,7 +281,7 @@ def main() -> int:
         plan = [("default", ["--limit", "200", "--epochs", "1"]),
                 ("baseline", ["--limit", "200", "--epochs", "2"])]
     else:
-        names = (args.presets or "default,quick,baseline").split(",")
+        names = (args.presets or "default,fast,quick,baseline").split(",")
         plan = [(p, []) for p in names]
     rows = []
     for preset, extra in plan:

@@ -138,3 +138,18 @@ def test_evaluate_on_other_folder(tiny_run, make_folder, tmp_path):
     for name in ("confusion_matrix.png", "roc.png", "samples.png", "mistakes.png"):
         assert (out / "plots" / name).stat().st_size > 1000
     assert "eval-holdout" in str(out) and (out / "report.md").exists()
+
+
+def test_tta_averages_the_mirror_image(tiny_run):
+    """With test-time flips P(dog) is the mean of the plain model's answers for a photo and its
+    mirror image, so both get the same P(dog); without, they differ."""
+    plain = Predictor.from_run(str(tiny_run), engine="keras")
+    tta = Predictor(plain.engine, plain.image_size, plain.threshold, tta=True)
+    images = [photo(i % 2, (50 + i, 40), seed=20 + i) for i in range(6)]
+    mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    p, p_m = plain.predict_images(images), plain.predict_images(mirrored)
+    assert np.max(np.abs(p - p_m)) > 1e-3  # the model itself is not mirror-symmetric
+    t, t_m = tta.predict_images(images), tta.predict_images(mirrored)
+    np.testing.assert_allclose(t, (p + p_m) / 2, atol=1e-6)
+    # equal up to the resize's rounding to uint8 (a resized mirror ≠ mirror of resized by ±1)
+    np.testing.assert_allclose(t, t_m, atol=1e-4)

@@ -121,7 +121,7 @@ def evaluate_run(run: str, data: str | None = None, *, model=None,
     """
     cfg = TrainConfig.load(run)
     model = model if model is not None else load_model(os.path.join(run, "model.keras"))
-    predictor = Predictor(model, cfg.image_size, cfg.threshold)
+    predictor = Predictor(model, cfg.image_size, cfg.threshold, tta=cfg.tta)
     scan_info = None
     if data is None:
         out_dir = run

