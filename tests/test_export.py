@@ -79,8 +79,65 @@ def test_auto_engine_prefers_export_and_ignores_stale(exported, tmp_path):
     assert isinstance(Predictor.from_run(str(run)).engine, KerasEngine)
     with pytest.raises(RunError, match="catsdogs export"):
         Predictor.from_run(str(run), engine="onnx")
-    with pytest.raises(RunError, match="no up-to-date model.tflite"):
+    with pytest.raises(RunError, match="model.keras changed since"):
         Predictor.from_run(str(run), engine="tflite")
+
+
+def test_changed_or_unrecorded_export_file_is_not_used(exported, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    shutil.copy(run / "model.onnx", run / "model.tflite")  # not the file that was checked
+    assert isinstance(Predictor.from_run(str(run)).engine, OnnxEngine)
+    with pytest.raises(RunError, match="model.tflite changed since it was exported"):
+        Predictor.from_run(str(run), engine="tflite")
+    (run / EXPORT_INFO).write_text("[1, 2]")  # not a record: warn, fall back to Keras
+    assert isinstance(Predictor.from_run(str(run)).engine, KerasEngine)
+    assert "export.json: not a catsdogs export record" in caplog.text
+    with pytest.raises(RunError, match="export.json: not a catsdogs export record"):
+        Predictor.from_run(str(run), engine="onnx")
+    (run / EXPORT_INFO).unlink()
+    with pytest.raises(RunError, match="not recorded in export.json"):
+        Predictor.from_run(str(run), engine="onnx")
+
+
+def test_tta_setting_of_the_run_is_used_by_every_engine(exported, tmp_path):
+    """A run whose config says ``tta`` gets test-time flips in predict, serve and evaluate, with
+    the same P(dog) from every engine."""
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["tta"] = True
+    (run / "config.json").write_text(json.dumps(cfg))
+    rng = np.random.default_rng(3)
+    size = cfg["image_size"]
+    x = rng.integers(0, 256, (5, size, size, 3), dtype=np.uint8)
+    plain = Predictor.from_run(str(exported), engine="keras")
+    want = (plain.predict_prepared(x) + plain.predict_prepared(x[:, :, ::-1])) / 2
+    for engine in ("keras", "onnx", "tflite"):
+        pred = Predictor.from_run(str(run), engine=engine)
+        assert pred.tta
+        assert np.max(np.abs(pred.predict_prepared(x) - want)) <= TOLERANCE
+    from catsdogs.evaluate import evaluate_run
+
+    metrics = evaluate_run(str(run), progress=False)
+    assert metrics["test_time_flips"] is True
+    assert "test-time flips" in (run / "report.md").read_text()
+
+
+def test_exported_engines_are_thread_safe(exported):
+    """Several threads with different batch sizes get the same answers as one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    size = Predictor.from_run(str(exported), engine="keras").image_size
+    batches = [rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) for n in (1, 3, 8, 2) * 4]
+    for engine in ("onnx", "tflite"):
+        pred = Predictor.from_run(str(exported), engine=engine)
+        serial = [pred.predict_prepared(b) for b in batches]
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(pred.predict_prepared, batches))
+        for a, b in zip(serial, parallel, strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_disagreeing_export_is_not_kept(tiny_run, tmp_path, monkeypatch):
@@ -112,13 +169,11 @@ def test_export_errors(tmp_path):
 
 
 def test_cli_export_and_predict_engines(exported, tmp_path):
-    """Real photos when ../shared/data is there: the CLI gives the same P(dog) per engine."""
-    samples = require_shared("samples")
+    """The command line: export, then the same P(dog) from every --engine."""
     folder = tmp_path / "in"
     folder.mkdir()
-    for p in sorted(samples.glob("*.jpg"))[:4]:
-        shutil.copy(p, folder / p.name)
-    Image.fromarray(photo(1, (90, 60), seed=9)).save(folder / "synthetic.png")
+    for i, im in enumerate(_images(5, seed=70)):
+        Image.fromarray(im).save(folder / f"{i}.png")
     run = tmp_path / "run"
     shutil.copytree(exported, run)
     (run / "model.onnx").unlink()
@@ -133,8 +188,22 @@ def test_cli_export_and_predict_engines(exported, tmp_path):
         assert results[engine].keys() == results["keras"].keys()
         for path, p in results["keras"].items():
             assert abs(results[engine][path] - p) <= TOLERANCE, (engine, path)
-    proc = run_cli("predict", run, folder / "synthetic.png")
+    proc = run_cli("predict", run, folder / "0.png")
     assert "tflite engine" in proc.stderr
+    proc = run_cli("predict", tmp_path / "run", folder, "--engine", "gpu", check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_real_photos_same_p_dog_on_every_engine(exported):
+    """Full-size real photos (../shared/data/samples): decode + resize + each engine."""
+    samples = sorted(str(p) for p in require_shared("samples").glob("*.jpg"))
+    assert samples
+    by_engine = {}
+    for engine in ("keras", "onnx", "tflite"):
+        pred = Predictor.from_run(str(exported), engine=engine)
+        by_engine[engine] = np.array([r.p_dog for r in predict_paths(pred, samples)])
+    for engine in ("onnx", "tflite"):
+        assert np.max(np.abs(by_engine[engine] - by_engine["keras"])) <= TOLERANCE
 
 
 def test_engines_share_predict_paths(exported, tmp_path):

@@ -141,15 +141,16 @@ def test_evaluate_on_other_folder(tiny_run, make_folder, tmp_path):
 
 
 def test_tta_averages_the_mirror_image(tiny_run):
-    """With test-time flips P(dog) is the mean of the plain model's answers for a photo and its
-    mirror image, so both get the same P(dog); without, they differ."""
+    """With test-time flips P(dog) is the mean of the plain model's answers for the prepared
+    image and its mirror image (flipped along the width axis), so both get the same P(dog);
+    without, they differ."""
     plain = Predictor.from_run(str(tiny_run), engine="keras")
     tta = Predictor(plain.engine, plain.image_size, plain.threshold, tta=True)
     images = [photo(i % 2, (50 + i, 40), seed=20 + i) for i in range(6)]
-    mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images]
-    p, p_m = plain.predict_images(images), plain.predict_images(mirrored)
+    x = np.stack([prepare(im, plain.image_size) for im in images])
+    mirror = np.ascontiguousarray(x[:, :, ::-1])
+    p, p_m = plain.predict_prepared(x), plain.predict_prepared(mirror)
     assert np.max(np.abs(p - p_m)) > 1e-3  # the model itself is not mirror-symmetric
-    t, t_m = tta.predict_images(images), tta.predict_images(mirrored)
-    np.testing.assert_allclose(t, (p + p_m) / 2, atol=1e-6)
-    # equal up to the resize's rounding to uint8 (a resized mirror ≠ mirror of resized by ±1)
-    np.testing.assert_allclose(t, t_m, atol=1e-4)
+    np.testing.assert_allclose(tta.predict_prepared(x), (p + p_m) / 2, atol=1e-6)
+    np.testing.assert_allclose(tta.predict_prepared(mirror), (p + p_m) / 2, atol=1e-6)
+    np.testing.assert_allclose(tta.predict_images(images), (p + p_m) / 2, atol=1e-6)

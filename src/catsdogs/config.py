@@ -39,8 +39,9 @@ class TrainConfig:
             arXiv:1512.00567).
         augmentation: key of :data:`catsdogs.models.AUGMENTATIONS`.
         jit_compile: compile the train step with XLA. Off by default: on our 2-core AVX-512
-            CPU, TensorFlow's own (oneDNN) kernels trained the ``default`` model 1.5× faster
-            than XLA's in bfloat16 (290 vs 185 photos/s, benchmarks in the README).
+            CPU, TensorFlow's own (oneDNN) kernels trained the ``default`` model about 1.5×
+            faster than XLA in bfloat16 (synthetic batches: ~290 vs ~185 photos/s; real epochs
+            61–80 s vs 104–147 s; see README "Measured results").
         precision: ``"float32"``, ``"mixed_bfloat16"`` (Keras mixed precision: bfloat16 compute,
             float32 variables; Micikevicius et al. 2018, arXiv:1710.03740) or ``"auto"``
             (bfloat16 where the CPU has native bfloat16 instructions, AVX512_BF16 or AMX). The

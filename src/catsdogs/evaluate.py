@@ -145,6 +145,7 @@ def evaluate_run(run: str, data: str | None = None, *, model=None,
                             tqdm(ds, desc="evaluate", unit="batch", disable=not progress,
                                  leave=False)]) if paths else np.zeros(0)
     metrics = compute_metrics(labels, probs, cfg.threshold)
+    metrics["test_time_flips"] = bool(cfg.tta)
     metrics["source"] = source
     atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))
     _write_predictions(os.path.join(out_dir, "predictions.csv"), paths, labels, probs,
@@ -182,11 +183,14 @@ def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict], s
     where = (f"the run's test split ({m['n']} photos, read once)" if "split" in src
              else f"every readable photo in `{src['folder']}` ({m['n']} photos, "
                   f"{src['skipped_files']} files skipped)")
+    flips = ("; P(dog) averaged over each photo and its mirror image (test-time flips)"
+             if m.get("test_time_flips") else "")
     lines = [f"# catsdogs report: `{os.path.basename(os.path.abspath(cfg.out or out_dir))}`", "",
              f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px, "
              f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.learning_rate} "
              f"({cfg.schedule}), augmentation `{cfg.augmentation}`, seed {cfg.seed}.", "",
-             f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}.", "",
+             f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}{flips}.",
+             "",
              "| metric | value |", "| --- | --- |",
              f"| accuracy | {m['accuracy']:.4f} |", f"| precision | {m['precision']:.4f} |",
              f"| recall | {m['recall']:.4f} |", f"| F1 | {m['f1']:.4f} |",

@@ -66,8 +66,9 @@ class GradCAM:
 
     Args:
         model: a catsdogs model (layers ``"features"`` and ``"logits"``).
-        lock: lock held around every model call; pass :class:`~catsdogs.predict.Predictor`'s
-            lock to serialise with its predictions (Keras layers are not re-entrant).
+        lock: lock held around every model call; pass the ``lock`` of the
+            :class:`~catsdogs.predict.KerasEngine` that shares ``model`` to serialise with its
+            predictions (Keras layers are not re-entrant).
     """
 
     def __init__(self, model: keras.Model, lock: threading.Lock | None = None):

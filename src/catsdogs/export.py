@@ -22,8 +22,6 @@ import hashlib
 import json
 import os
 
-import numpy as np
-
 from catsdogs.errors import RunError
 from catsdogs.io import atomic_path, atomic_write_text
 
@@ -47,7 +45,11 @@ class ExportError(RunError):
 
 
 def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -56,35 +58,66 @@ def file_sha256(path: str) -> str:
 
 
 def read_export_info(run_dir: str) -> dict:
-    """``RUN/export.json`` as a dict (format → record), or ``{}`` when there is none."""
+    """``RUN/export.json`` as a dict (format → record dict), or ``{}`` when there is none.
+
+    Raises:
+        RunError: the file exists but is unreadable or not a catsdogs export record.
+    """
     path = os.path.join(run_dir, EXPORT_INFO)
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            info = json.load(fh)
     except FileNotFoundError:
         return {}
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
+        raise RunError(f"{path}: not a catsdogs export record (expected format → object)")
+    return info
+
+
+def export_status(run_dir: str, fmt: str) -> tuple[str | None, str]:
+    """Whether ``fmt``'s exported model can stand in for ``model.keras``.
+
+    Returns:
+        ``(path, "ok")`` when ``RUN/model.<fmt>`` exists, is byte-for-byte the file that was
+        checked (SHA-256 in ``export.json``), and came from the current ``model.keras`` (its
+        SHA-256 too); else ``(None, reason)``.
+
+    Raises:
+        RunError: ``export.json`` is unreadable.
+    """
+    path = os.path.join(run_dir, FORMATS[fmt])
+    record = read_export_info(run_dir).get(fmt)
+    if not os.path.isfile(path):
+        return None, f"{path} does not exist"
+    if not record:
+        return None, f"{path} is not recorded in {EXPORT_INFO} (not made by catsdogs export)"
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    try:
+        if record.get("sha256") != file_sha256(path):
+            return None, f"{path} changed since it was exported and checked"
+        if not os.path.isfile(model_path):
+            return None, f"{model_path} does not exist"
+        if record.get("model_sha256") != file_sha256(model_path):
+            return None, f"{model_path} changed since {path} was exported from it"
+    except OSError as exc:
+        return None, f"cannot read {exc.filename}: {exc.strerror}"
+    return path, "ok"
 
 
 def usable_export(run_dir: str, fmt: str) -> str | None:
-    """Path of ``fmt``'s exported model if it exists and was exported from the current
-    ``model.keras`` (same SHA-256), else ``None``."""
-    path = os.path.join(run_dir, FORMATS[fmt])
-    record = read_export_info(run_dir).get(fmt)
-    if not record or not os.path.isfile(path):
-        return None
-    model_path = os.path.join(run_dir, MODEL_FILE)
-    if not os.path.isfile(model_path) or record.get("model_sha256") != file_sha256(model_path):
-        return None
-    return path
+    """Path of ``fmt``'s exported model when :func:`export_status` says it is ok, else None."""
+    return export_status(run_dir, fmt)[0]
 
 
 def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int = 24,
-                 seed: int = 0) -> np.ndarray:
+                 seed: int = 0):
     """Images the export check compares on: ``n_random`` uniform-noise images plus up to
     ``n_photos`` prepared photos of the run's validation split (when ``splits.csv`` and the photos
     are still there). Returns ``(n, image_size, image_size, 3) float32`` in 0–255."""
+    import numpy as np
+
     from catsdogs.data.images import load_image
     from catsdogs.data.split import load_split, select
     from catsdogs.errors import CatsDogsError
@@ -104,6 +137,9 @@ def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int
     return np.stack(images).astype(np.float32)
 
 
+_RUNTIMES = {"onnx": ("onnxruntime", "tf2onnx", "onnx"), "tflite": ("ai_edge_litert",)}
+
+
 def export_run(run_dir: str, fmt: str, *, verbose: bool = True) -> dict:
     """Export ``RUN/model.keras`` to ``fmt`` and check it against the Keras model.
 
@@ -113,56 +149,76 @@ def export_run(run_dir: str, fmt: str, *, verbose: bool = True) -> dict:
         verbose: print what was written and the check's result.
 
     Returns:
-        The record written to ``export.json`` for this format: ``file``, ``bytes``,
-        ``model_sha256``, ``max_abs_diff`` (P(dog), over ``check_images``), ``n_checked``,
-        ``seconds`` (export wall time) and ``created`` (UTC, ISO 8601).
+        The record written to ``export.json`` for this format: ``file``, ``bytes``, ``sha256``
+        (of the exported file), ``model_sha256`` (of the ``model.keras`` it came from),
+        ``max_abs_diff`` (P(dog), over :func:`check_images`), ``n_checked``, ``seconds`` (export
+        wall time) and ``created`` (UTC, ISO 8601).
 
     Raises:
         RunError: not a finished run folder.
-        ExportError: unknown format, a missing exporter package, a failed conversion, or an
-            exported model that differs from the Keras model by more than :data:`TOLERANCE`
-            (the file is then not kept).
+        ExportError: unknown format, a missing exporter/runtime package, a failed conversion, an
+            exported model that differs from the Keras model by more than :data:`TOLERANCE`, a
+            ``model.keras`` replaced during the export, or a file that cannot be written (in
+            every case the exported file is not kept).
     """
+    import importlib.util
     import time
 
     import keras
+    import numpy as np
 
     from catsdogs.predict import KerasEngine, load_engine_file
     from catsdogs.run import load_run
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {sorted(FORMATS)}")
-    model, cfg = load_run(run_dir)
-    size = cfg.image_size
+    missing = [m for m in _RUNTIMES[fmt] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"{fmt} export needs {', '.join(missing)}: "
+                          "pip install 'catsdogs[export]'")
+    model_path = os.path.join(run_dir, MODEL_FILE)
     target = os.path.join(run_dir, FORMATS[fmt])
-    signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32")]
-    start = time.perf_counter()
-    with atomic_path(target, suffix=os.path.splitext(target)[1]) as tmp:
-        try:
-            model.export(tmp, format="litert" if fmt == "tflite" else "onnx",
-                         input_signature=signature, verbose=False)
-        except ImportError as exc:
-            raise ExportError(f"{fmt} export needs an optional package: {exc}. "
-                              "Install it with: pip install 'catsdogs[export]'") from None
-        except Exception as exc:  # noqa: BLE001 - converters raise many types
-            raise ExportError(f"{target}: {fmt} export failed "
-                              f"({type(exc).__name__}: {str(exc)[:300]})") from None
-        seconds = time.perf_counter() - start
-        images = check_images(run_dir, size)
-        expected = KerasEngine(model)(images)
-        got = load_engine_file(tmp, fmt)(images)
-        diff = float(np.max(np.abs(expected - got)))
-        if not diff <= TOLERANCE:  # also catches NaN
-            raise ExportError(f"{target}: the exported model disagrees with model.keras "
-                              f"(max |ΔP(dog)| = {diff:.2e} > {TOLERANCE:g}); not kept")
-    record = {"file": FORMATS[fmt], "bytes": os.path.getsize(target),
-              "model_sha256": file_sha256(os.path.join(run_dir, MODEL_FILE)),
-              "max_abs_diff": diff, "n_checked": int(len(images)), "seconds": round(seconds, 3),
-              "created": datetime.datetime.now(datetime.UTC).isoformat(
-                  timespec="seconds")}
-    info = read_export_info(run_dir)
-    info[fmt] = record
-    atomic_write_text(os.path.join(run_dir, EXPORT_INFO), json.dumps(info, indent=2))
+    try:
+        model_sha = file_sha256(model_path) if os.path.isfile(model_path) else None
+        model, cfg = load_run(run_dir)
+        size = cfg.image_size
+        signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32")]
+        start = time.perf_counter()
+        with atomic_path(target, suffix=os.path.splitext(target)[1]) as tmp:
+            try:
+                model.export(tmp, format="litert" if fmt == "tflite" else "onnx",
+                             input_signature=signature, verbose=False)
+            except Exception as exc:  # noqa: BLE001 - converters raise many types
+                raise ExportError(f"{target}: {fmt} export failed "
+                                  f"({type(exc).__name__}: {str(exc)[:300]})") from None
+            seconds = time.perf_counter() - start
+            images = check_images(run_dir, size)
+            expected = KerasEngine(model)(images)
+            try:
+                got = load_engine_file(tmp, fmt)(images)
+            except RunError as exc:
+                raise ExportError(f"{target}: the exported model cannot be run "
+                                  f"({str(exc).split(': ', 1)[-1]}); not kept") from None
+            diff = float(np.max(np.abs(expected - got)))
+            if not diff <= TOLERANCE:  # also catches NaN
+                raise ExportError(f"{target}: the exported model disagrees with model.keras "
+                                  f"(max |ΔP(dog)| = {diff:.2e} > {TOLERANCE:g}); not kept")
+            exported_sha = file_sha256(tmp)
+            if file_sha256(model_path) != model_sha:
+                raise ExportError(f"{model_path} changed during the export; run it again")
+        record = {"file": FORMATS[fmt], "bytes": os.path.getsize(target),
+                  "sha256": exported_sha, "model_sha256": model_sha,
+                  "max_abs_diff": diff, "n_checked": int(len(images)),
+                  "seconds": round(seconds, 3),
+                  "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        # read-modify-write: two exports of one run at the same moment may keep only one record
+        # (fail-safe: an unrecorded export is simply not used)
+        info = read_export_info(run_dir)
+        info[fmt] = record
+        atomic_write_text(os.path.join(run_dir, EXPORT_INFO), json.dumps(info, indent=2))
+    except OSError as exc:
+        raise ExportError(f"{exc.filename or target}: cannot write or read "
+                          f"({exc.strerror or exc})") from None
     if verbose:
         print(f"Exported {target} ({record['bytes'] / 1e6:.1f} MB) in {seconds:.1f} s; "
               f"max |ΔP(dog)| vs model.keras over {len(images)} images: {diff:.1e}")

@@ -7,6 +7,7 @@ same function the training pipeline caches its images with) and passed through t
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -21,6 +22,8 @@ from catsdogs.data.pipeline import resize_uint8
 from catsdogs.data.scan import is_hidden_or_system
 from catsdogs.errors import ImageError, RunError, display_path
 from catsdogs.run import load_run
+
+log = logging.getLogger(__name__)
 
 
 def prepare(image: np.ndarray, image_size: int) -> np.ndarray:
@@ -124,8 +127,8 @@ class LiteRTEngine:
             raise RunError("the tflite engine needs ai-edge-litert: "
                            "pip install 'catsdogs[export]'") from None
         try:
-            self.interpreter = Interpreter(model_path=path,
-                                           num_threads=num_threads or os.cpu_count() or 1)
+            self.interpreter = Interpreter(
+                model_path=path, num_threads=num_threads or len(os.sched_getaffinity(0)))
         except Exception as exc:  # noqa: BLE001
             raise RunError(f"{path}: cannot load LiteRT model ({str(exc)[:200]})") from None
         self._input = self.interpreter.get_input_details()[0]["index"]
@@ -165,7 +168,7 @@ def load_engine(run_dir: str, engine: str = "auto"):
             exported from an older ``model.keras`` (re-run ``catsdogs export``).
     """
     from catsdogs.config import TrainConfig
-    from catsdogs.export import ENGINES, FORMATS, usable_export
+    from catsdogs.export import ENGINES, FORMATS, export_status
 
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -173,19 +176,19 @@ def load_engine(run_dir: str, engine: str = "auto"):
         if not os.path.isdir(run_dir):
             raise RunError(f"{run_dir}: no such run folder")
         config = TrainConfig.load(run_dir)
-        path = usable_export(run_dir, engine)
+        path, reason = export_status(run_dir, engine)
         if path is None:
-            raise RunError(f"{run_dir}: no up-to-date {FORMATS[engine]}; create it with: "
+            raise RunError(f"cannot use the {engine} engine: {reason}; create it with: "
                            f"catsdogs export {run_dir} --format {engine}")
         return load_engine_file(path, engine), config
     if engine == "auto" and os.path.isdir(run_dir):
         for fmt in ("tflite", "onnx"):
-            path = usable_export(run_dir, fmt)
-            if path is not None:
-                try:
+            try:
+                path = export_status(run_dir, fmt)[0]
+                if path is not None:
                     return load_engine_file(path, fmt), TrainConfig.load(run_dir)
-                except RunError:
-                    continue  # e.g. the runtime package is not installed: fall back to Keras
+            except RunError as exc:  # bad export.json, or the runtime package is missing
+                log.warning("not using the %s export: %s; using model.keras", fmt, exc)
     model, config = load_run(run_dir)
     return KerasEngine(model), config
 

@@ -186,6 +186,7 @@ class _Service:
             "engine": self.predictor.engine_name,
             "image_size": self.config.image_size,
             "threshold": self.config.threshold,
+            "test_time_flips": bool(self.config.tta),
             "classes": list(CLASSES),
             "metrics": metrics,
             "explain": self.cam is not None,
