@@ -120,7 +120,8 @@ PRESETS: dict[str, dict] = {
     # Our from-scratch recipe for the whole `train` in ≤ 30 minutes on 2 CPU cores; test-time
     # flips added +0.7 points of validation accuracy (92.3 → 93.0 % on a 20-epoch run).
     "default": dict(model="resnet", image_size=112, batch_size=64, epochs=19, tta=True),
-    # The same recipe, smaller and shorter: the whole `train` in ≤ 8 minutes on 2 CPU cores.
+    # The same recipe, smaller and shorter, sized for an ~8-minute `train` on 2 CPU cores
+    # (measured: 8.6 min, 84.7 % test accuracy; issue 3's target of 90 % in 8 min is not met).
     "fast": dict(model="resnet", image_size=96, batch_size=64, epochs=6, tta=True),
 }
 """Preset name → overrides of :class:`TrainConfig` defaults."""
