@@ -127,8 +127,9 @@ class LiteRTEngine:
             raise RunError("the tflite engine needs ai-edge-litert: "
                            "pip install 'catsdogs[export]'") from None
         try:
-            self.interpreter = Interpreter(
-                model_path=path, num_threads=num_threads or len(os.sched_getaffinity(0)))
+            cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                     else os.cpu_count() or 1)  # the cores this process may use (Linux)
+            self.interpreter = Interpreter(model_path=path, num_threads=num_threads or cores)
         except Exception as exc:  # noqa: BLE001
             raise RunError(f"{path}: cannot load LiteRT model ({str(exc)[:200]})") from None
         self._input = self.interpreter.get_input_details()[0]["index"]
