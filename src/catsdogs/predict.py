@@ -169,7 +169,7 @@ def load_engine(run_dir: str, engine: str = "auto"):
             exported from an older ``model.keras`` (re-run ``catsdogs export``).
     """
     from catsdogs.config import TrainConfig
-    from catsdogs.export import ENGINES, FORMATS, export_status
+    from catsdogs.export import ENGINES, FORMATS, export_status, read_export_info
 
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
@@ -183,13 +183,19 @@ def load_engine(run_dir: str, engine: str = "auto"):
                            f"catsdogs export {run_dir} --format {engine}")
         return load_engine_file(path, engine), config
     if engine == "auto" and os.path.isdir(run_dir):
-        for fmt in ("tflite", "onnx"):
-            try:
-                path = export_status(run_dir, fmt)[0]
-                if path is not None:
+        try:
+            read_export_info(run_dir)
+            formats = ("tflite", "onnx")
+        except RunError as exc:  # a bad export.json must not stop a run with a good model
+            log.warning("not using exported models: %s; using model.keras", exc)
+            formats = ()
+        for fmt in formats:
+            path = export_status(run_dir, fmt)[0]
+            if path is not None:
+                try:
                     return load_engine_file(path, fmt), TrainConfig.load(run_dir)
-            except RunError as exc:  # bad export.json, or the runtime package is missing
-                log.warning("not using the %s export: %s; using model.keras", fmt, exc)
+                except RunError as exc:  # e.g. the runtime package is not installed
+                    log.warning("not using %s: %s", path, exc)
     model, config = load_run(run_dir)
     return KerasEngine(model), config
 
