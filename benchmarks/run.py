@@ -132,27 +132,24 @@ def input_pipeline(data: str, n: int = 2000, image_size: int = 112) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def _quantized_tflite(run: str, mode: str, calibration: np.ndarray) -> str:
-    """Write a quantized LiteRT copy of the run's model into the run folder, for measurement only.
+def _quantized_tflite(model, run: str, mode: str, calibration: np.ndarray) -> str:
+    """Write a quantized LiteRT copy of ``model`` into the run folder, for measurement only.
 
     ``mode="dynamic"``: int8 weights, float activations (dynamic-range quantization);
-    ``mode="int8"``: int8 weights and activations, calibrated on ``calibration`` (full-integer
-    post-training quantization). Both from https://ai.google.dev/edge/litert/models/post_training_quantization.
+    ``mode="int8"``: int8 weights and activations, calibrated on ``calibration``, prepared
+    images ``(n, S, S, 3) float32`` (full-integer post-training quantization). Both from
+    https://ai.google.dev/edge/litert/models/post_training_quantization.
     """
-    import keras
     import tensorflow as tf
 
-    from catsdogs.run import load_run
+    from catsdogs.export import write_model_file
 
-    model, cfg = load_run(run)
-    size = cfg.image_size
     path = os.path.join(run, f"bench-{mode}.tflite")
-    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT]}
+    options = {"optimizations": [tf.lite.Optimize.DEFAULT]}
     if mode == "int8":
-        kwargs["representative_dataset"] = lambda: ([calibration[i:i + 1]]
-                                                    for i in range(len(calibration)))
-    model.export(path, format="litert", verbose=False, input_signature=[
-        keras.InputSpec(shape=(None, size, size, 3), dtype="float32")], **kwargs)
+        options["representative_dataset"] = lambda: ([calibration[i:i + 1]]
+                                                     for i in range(len(calibration)))
+    write_model_file(model, calibration.shape[1], path, "tflite", **options)
     return path
 
 
@@ -181,7 +178,8 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
     engines = {"keras_predict": None, "tf_function": keras_engine,
                "onnx": load_engine(run, "onnx")[0], "tflite": load_engine(run, "tflite")[0]}
     for mode in ("dynamic", "int8"):
-        engines[f"tflite_{mode}"] = LiteRTEngine(_quantized_tflite(run, mode, val[:200]))
+        engines[f"tflite_{mode}"] = LiteRTEngine(
+            _quantized_tflite(keras_engine.model, run, mode, val[:200]))
     with open(sample, "rb") as fh:
         data = fh.read()
     prepared = np.repeat(prepare(load_image(data), size)[None].astype(np.float32), batch, 0)

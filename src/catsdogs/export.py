@@ -32,8 +32,8 @@ FORMATS: dict[str, str] = {"onnx": "model.onnx", "tflite": "model.tflite"}
 """Export format → file name inside the run folder."""
 ENGINES = ("auto", "keras", "onnx", "tflite")
 """Inference engines for ``predict``/``serve`` (``--engine``). ``auto`` takes an up-to-date
-exported model when the run has one (LiteRT first, the fastest here; see
-benchmarks/README.md), else the Keras model."""
+exported model when the run has one (LiteRT first, the fastest here; README "Faster
+inference"), else the Keras model."""
 
 EXPORT_INFO = "export.json"
 TOLERANCE = 1e-4
@@ -106,11 +106,6 @@ def export_status(run_dir: str, fmt: str) -> tuple[str | None, str]:
     return path, "ok"
 
 
-def usable_export(run_dir: str, fmt: str) -> str | None:
-    """Path of ``fmt``'s exported model when :func:`export_status` says it is ok, else None."""
-    return export_status(run_dir, fmt)[0]
-
-
 def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int = 24,
                  seed: int = 0):
     """Images the export check compares on: ``n_random`` uniform-noise images plus up to
@@ -140,6 +135,21 @@ def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int
 _RUNTIMES = {"onnx": ("onnxruntime", "tf2onnx", "onnx"), "tflite": ("ai_edge_litert",)}
 
 
+def write_model_file(model, image_size: int, path: str, fmt: str, **converter_options) -> None:
+    """Write ``model`` as an ONNX or LiteRT file taking prepared images,
+    ``(batch, image_size, image_size, 3) float32``, with Keras' ``model.export``.
+
+    ``converter_options`` go to the TensorFlow Lite converter (LiteRT only), e.g.
+    ``optimizations`` and ``representative_dataset`` for int8 quantization.
+    """
+    import keras
+
+    model.export(path, format="litert" if fmt == "tflite" else "onnx", verbose=False,
+                 input_signature=[keras.InputSpec(shape=(None, image_size, image_size, 3),
+                                                  dtype="float32")],
+                 **converter_options)
+
+
 def export_run(run_dir: str, fmt: str, *, verbose: bool = True) -> dict:
     """Export ``RUN/model.keras`` to ``fmt`` and check it against the Keras model.
 
@@ -164,7 +174,6 @@ def export_run(run_dir: str, fmt: str, *, verbose: bool = True) -> dict:
     import importlib.util
     import time
 
-    import keras
     import numpy as np
 
     from catsdogs.predict import KerasEngine, load_engine_file
@@ -182,12 +191,10 @@ def export_run(run_dir: str, fmt: str, *, verbose: bool = True) -> dict:
         model_sha = file_sha256(model_path) if os.path.isfile(model_path) else None
         model, cfg = load_run(run_dir)
         size = cfg.image_size
-        signature = [keras.InputSpec(shape=(None, size, size, 3), dtype="float32")]
         start = time.perf_counter()
         with atomic_path(target, suffix=os.path.splitext(target)[1]) as tmp:
             try:
-                model.export(tmp, format="litert" if fmt == "tflite" else "onnx",
-                             input_signature=signature, verbose=False)
+                write_model_file(model, size, tmp, fmt)
             except Exception as exc:  # noqa: BLE001 - converters raise many types
                 raise ExportError(f"{target}: {fmt} export failed "
                                   f"({type(exc).__name__}: {str(exc)[:300]})") from None
