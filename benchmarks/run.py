@@ -104,14 +104,25 @@ def summarise_run(run: str, peak: float) -> dict:
     train_seconds = sum(float(r["seconds"]) for r in history)
     photos_per_s = n_train * len(history) / train_seconds
     flops = model_flops(cfg["preset"], cfg["image_size"], cfg["model_kwargs"], cfg["model"])
-    achieved = 3 * flops * photos_per_s
+    # Progressive resizing trains epochs at different sizes: average the forward FLOPs of the
+    # size each epoch trained at (every epoch sees the same photos).
+    from catsdogs.config import TrainConfig
+
+    train_cfg = TrainConfig.load(run)
+    sizes = [train_cfg.train_size(e) for e in range(len(history))]
+    per_size = {s: flops if s == cfg["image_size"] else
+                model_flops(cfg["preset"], s, cfg["model_kwargs"], cfg["model"])
+                for s in set(sizes)}
+    train_flops = sum(per_size[s] for s in sizes) / len(sizes)
+    achieved = 3 * train_flops * photos_per_s
     reach = {}
     for t in THRESHOLDS:
         hit = next((r for r in history if float(r["val_accuracy"]) >= t), None)
         reach[f"{int(t * 100)}"] = None if hit is None else float(hit["elapsed"])
     return {"preset": cfg["preset"], "model": cfg["model"], "image_size": cfg["image_size"],
             "epochs": len(history), "n_train": n_train, "train_seconds": train_seconds,
-            "train_photos_per_s": photos_per_s, "model_flops_per_photo": flops,
+            "train_sizes": sorted(set(sizes)), "train_photos_per_s": photos_per_s,
+            "model_flops_per_photo": flops, "train_flops_per_photo": train_flops,
             "achieved_flops_per_s": achieved, "fraction_of_peak": achieved / peak,
             "seconds_to_val_accuracy": reach,
             "best_val_accuracy": max(float(r["val_accuracy"]) for r in history),

@@ -68,3 +68,58 @@ def test_dataset_shapes_and_dtypes(tmp_path):
     assert float(np.max(x)) == float(np.round(np.max(x)))  # cached as uint8 pixels
     images_only = make_dataset(paths, None, 32, batch_size=5)
     assert next(iter(images_only)).shape == (5, 32, 32, 3)
+
+
+def test_crop_flip_changes_size_between_epochs_of_one_pipeline(tmp_path):
+    """Progressive resizing: the same dataset yields the size set before each pass."""
+    from catsdogs.augment import crop_flip_augmentation
+
+    paths = [str(save_photo(tmp_path / f"{i}.png", i % 2, seed=i)) for i in range(6)]
+    augment = crop_flip_augmentation(seed=1)
+    ds = make_dataset(paths, [0, 1] * 3, 40, batch_size=4, shuffle=True, augment=augment)
+    assert {tuple(x.shape[1:3]) for x, _ in ds} == {(40, 40)}
+    augment.set_output_size(24)
+    assert {tuple(x.shape[1:3]) for x, _ in ds} == {(24, 24)}
+    augment.set_output_size(0)
+    assert {tuple(x.shape[1:3]) for x, _ in ds} == {(40, 40)}
+
+
+def test_train_size_schedule():
+    from catsdogs.config import make_config
+
+    cfg = make_config("default", epochs=18, train_sizes=[96, 112])
+    assert [cfg.train_size(e) for e in range(18)] == [96] * 9 + [112] * 9
+    cfg = make_config("default", epochs=10, train_sizes=[64, 96, 128])
+    assert [cfg.train_size(e) for e in range(10)] == [64] * 4 + [96] * 3 + [128] * 3
+    cfg = make_config("default", epochs=3, image_size=80)
+    assert [cfg.train_size(e) for e in range(3)] == [80] * 3
+
+
+def test_progressive_resizing_trains_small_and_saves_at_image_size(make_folder, tmp_path,
+                                                                   capsys):
+    from catsdogs.config import make_config
+    from catsdogs.run import load_model
+    from catsdogs.train import read_history, train
+
+    data = make_folder(cats=12, dogs=12)
+    cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=40,
+                      train_sizes=[24, 32], epochs=2, batch_size=8)
+    run = train(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "Epoch 1: training at 24×24 px" in out and "Epoch 2: training at 32×32 px" in out
+    assert len(read_history(f"{run}/history.csv")) == 2
+    model = load_model(f"{run}/model.keras")
+    resize = model.get_layer("resize")
+    assert (resize.height, resize.width) == (40, 40) and not resize.passthrough
+    head = keras.Model(model.input, model.get_layer("rescale").output)
+    assert head(np.zeros((1, 24, 24, 3), "float32")).shape == (1, 40, 40, 3)
+
+
+def test_progressive_resizing_needs_a_resizing_augmentation(make_folder, tmp_path):
+    from catsdogs.config import make_config
+    from catsdogs.train import train
+
+    cfg = make_config("baseline", data=str(make_folder()), out=str(tmp_path / "run"),
+                      train_sizes=[32, 64], epochs=2)
+    with pytest.raises(ValueError, match="progressive resizing"):
+        train(cfg, progress=False)

@@ -42,13 +42,22 @@ class RandomResizedCropFlip(layers.Layer):
     small fraction of what chained Keras ``RandomZoom``/``RandomTranslation`` layers do on a CPU.
     At ``scale=(1, 1)`` the box is the whole image: evaluation sees exactly that view.
 
-    Input and output: ``(batch, h, w, 3) float32``, values 0–255.
+    Input: ``(batch, h, w, 3) float32``, values 0–255. Output: the same, at ``h × w`` or, after
+    :meth:`set_output_size`, at that size (the crop is resized straight to it, which is how
+    progressive resizing changes the training size per epoch without re-decoding photos).
     """
 
     def __init__(self, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), seed: int | None = None,
                  **kwargs):
         super().__init__(**kwargs)
         self.scale, self.ratio, self.seed = tuple(scale), tuple(ratio), seed
+        # Read by the tf.data pipeline at run time; 0 means "the input's own size".
+        self._output_size = tf.Variable(0, dtype=tf.int32, trainable=False)
+
+    def set_output_size(self, pixels: int) -> None:
+        """Make the crops ``pixels × pixels`` from the next batch the pipeline produces on (0 =
+        the input's size)."""
+        self._output_size.assign(int(pixels))
 
     def call(self, images, training=True):
         if not training:
@@ -66,7 +75,9 @@ class RandomResizedCropFlip(layers.Layer):
         flip = tf.random.uniform([n], seed=None if self.seed is None else self.seed + 4) < 0.5
         x_left, x_right = tf.where(flip, x1 + bw, x1), tf.where(flip, x1, x1 + bw)
         boxes = tf.stack([y1, x_left, y1 + bh, x_right], axis=1)
-        return tf.image.crop_and_resize(images, boxes, tf.range(n), tf.stack([h, w]))
+        size = tf.where(self._output_size > 0, tf.stack([self._output_size] * 2),
+                        tf.stack([h, w]))
+        return tf.image.crop_and_resize(images, boxes, tf.range(n), size)
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "ratio": self.ratio,

@@ -27,7 +27,16 @@ class TrainConfig:
         preset: name of the preset the defaults came from.
         model: registry name for :func:`catsdogs.models.build_model`.
         model_kwargs: extra builder options (e.g. ``{"widths": [32, 64]}``).
-        image_size: model input side, pixels.
+        image_size: model input side, pixels: the size the saved model classifies at (evaluate,
+            predict, serve) and validates at during training.
+        train_sizes: progressive resizing: training input sides in pixels, one stage each, the
+            epochs split evenly between them in order (``[96, 112]`` over 18 epochs: 9 at 96 px,
+            then 9 at 112 px). Empty: train at ``image_size`` throughout. Small early stages
+            make early epochs cheaper (fast.ai's DAWNBench recipe, Howard 2018; "progressive
+            learning", Tan & Le 2021, EfficientNetV2, arXiv:2104.00298), and training below
+            the test size offsets the larger apparent object size that random-resized crops
+            cause (Touvron et al. 2019, "Fixing the train-test resolution discrepancy",
+            arXiv:1906.06423). Photos are decoded once, at the largest size.
         batch_size: photos per batch.
         epochs: passes over the train split.
         optimizer: ``"adam"`` or ``"adamw"``.
@@ -61,6 +70,7 @@ class TrainConfig:
     model: str = "resnet"
     model_kwargs: dict = field(default_factory=dict)
     image_size: int = 112
+    train_sizes: list[int] = field(default_factory=list)
     batch_size: int = 64
     epochs: int = 19
     optimizer: str = "adamw"
@@ -78,6 +88,11 @@ class TrainConfig:
     test_fraction: float = 0.1
     threshold: float = 0.5
     tta: bool = False
+
+    def train_size(self, epoch: int) -> int:
+        """Training input side, pixels, in ``epoch`` (0-based); see :attr:`train_sizes`."""
+        sizes = self.train_sizes or [self.image_size]
+        return int(sizes[min(len(sizes) - 1, epoch * len(sizes) // max(1, self.epochs))])
 
     def to_dict(self) -> dict:
         """Settings plus the software versions, as written to ``config.json``."""

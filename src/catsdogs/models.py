@@ -59,10 +59,17 @@ class Resize(layers.Resizing):
     (:func:`catsdogs.data.pipeline.resize`), so skipping is exact, and it keeps the
     antialiased resize (not supported by XLA) out of the ``jit_compile``d training step.
     Raw images of any other size are resized as usual.
+
+    Training sets :attr:`passthrough` so that batches of other sizes, already resized by the
+    pipeline (progressive resizing, see :attr:`catsdogs.config.TrainConfig.train_sizes`), reach
+    the convolutions unchanged; it is not saved, so a loaded model always resizes.
     """
 
+    passthrough = False
+
     def call(self, inputs):
-        if inputs.shape[1] == self.height and inputs.shape[2] == self.width:
+        if self.passthrough or (inputs.shape[1] == self.height
+                                and inputs.shape[2] == self.width):
             return keras.ops.cast(inputs, self.compute_dtype)
         return super().call(inputs)
 

@@ -89,6 +89,25 @@ class HistoryCSV(keras.callbacks.Callback):
         atomic_write_text(self.path, buf.getvalue())
 
 
+class ProgressiveResize(keras.callbacks.Callback):
+    """Set the augmentation's output size at the start of every epoch from
+    :meth:`TrainConfig.train_size` (progressive resizing). Keras creates each epoch's data
+    iterator after ``on_epoch_begin``, so every batch of an epoch has that epoch's size, and a
+    resumed run picks up the size of the epoch it resumes at."""
+
+    def __init__(self, cfg: TrainConfig, augment):
+        super().__init__()
+        self.cfg, self.augment, self.size = cfg, augment, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        size = self.cfg.train_size(epoch)
+        if size != self.size:
+            if self.size is not None or size != self.cfg.image_size:
+                print(f"Epoch {epoch + 1}: training at {size}×{size} px")
+            self.augment.set_output_size(size)
+            self.size = size
+
+
 def read_history(path: str) -> list[dict]:
     """Rows of ``history.csv`` (empty list if the file does not exist)."""
     if not os.path.exists(path):
@@ -194,8 +213,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     Raises:
         DataError: the photo folder is unusable.
         RunError: the run folder exists (without ``resume``/``overwrite``) or cannot be resumed.
+        ValueError: ``train_sizes`` with an augmentation that cannot resize (``tutorial``).
     """
     run = cfg.out
+    if cfg.train_sizes and not hasattr(AUGMENTATIONS[cfg.augmentation](), "set_output_size"):
+        raise ValueError(f"train_sizes (progressive resizing) needs an augmentation that can "
+                         f"change the image size; {cfg.augmentation!r} cannot")
     _prepare_run_folder(cfg, resume, overwrite)
     if resume and os.path.exists(os.path.join(run, MODEL_FILE)) \
             and not os.path.exists(os.path.join(run, BACKUP_DIR)):
@@ -223,8 +246,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     print(f"Split: {len(train_paths)} train, {len(val_paths)} val, "
           f"{len(select(examples, 'test')[0])} test photos → {run}/splits.csv")
     augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
-    train_ds = make_dataset(train_paths, train_labels, cfg.image_size, cfg.batch_size,
-                            shuffle=True, augment=augment, seed=cfg.seed)
+    # Decoded once at the largest training size; the augmentation resizes each epoch's crops.
+    train_ds = make_dataset(train_paths, train_labels, max(cfg.train_sizes or [cfg.image_size]),
+                            cfg.batch_size, shuffle=True, augment=augment, seed=cfg.seed)
     val_ds = make_dataset(val_paths, val_labels, cfg.image_size, cfg.batch_size)
     steps = int(np.ceil(len(train_paths) / cfg.batch_size))
 
@@ -242,6 +266,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
+    # The pipeline resizes every batch already: the model must not resize training batches
+    # of a progressive-resizing stage to image_size.
+    model.get_layer("resize").passthrough = True
     history_path = os.path.join(run, HISTORY_FILE)
     checkpoint = AtomicModelCheckpoint(os.path.join(run, BEST_WEIGHTS), monitor="val_loss",
                                        mode="min", save_best_only=True, save_weights_only=True)
@@ -250,6 +277,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         checkpoint.best = min(float(r["val_loss"]) for r in done)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
+        *([ProgressiveResize(cfg, augment)] if cfg.train_sizes else []),
         HistoryCSV(history_path),
         checkpoint,
         # Last: the backup marks an epoch complete only after history and checkpoint are written.
@@ -263,6 +291,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     except KeyboardInterrupt:
         raise TrainingInterrupted(run) from None
 
+    model.get_layer("resize").passthrough = False
     best = os.path.join(run, BEST_WEIGHTS)
     if os.path.exists(best):
         model.load_weights(best)
