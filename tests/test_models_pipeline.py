@@ -91,7 +91,7 @@ def test_train_size_schedule():
     assert [cfg.train_size(e) for e in range(18)] == [96] * 9 + [112] * 9
     cfg = make_config("default", epochs=10, train_sizes=[64, 96, 128])
     assert [cfg.train_size(e) for e in range(10)] == [64] * 4 + [96] * 3 + [128] * 3
-    cfg = make_config("default", epochs=3, image_size=80)
+    cfg = make_config("quick", epochs=3, image_size=80)
     assert [cfg.train_size(e) for e in range(3)] == [80] * 3
 
 
@@ -123,3 +123,21 @@ def test_progressive_resizing_needs_a_resizing_augmentation(make_folder, tmp_pat
                       train_sizes=[32, 64], epochs=2)
     with pytest.raises(ValueError, match="progressive resizing"):
         train(cfg, progress=False)
+
+
+def test_train_sizes_option(monkeypatch, capsys, tmp_path):
+    import catsdogs.train
+    from catsdogs.cli import main
+
+    seen = []
+    monkeypatch.setattr(catsdogs.train, "train", lambda cfg, **kw: seen.append(cfg))
+    base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main([*base, "--train-sizes", "24,32"]) == 0
+    assert main([*base, "--image-size", "48"]) == 0  # alone: train at that size too
+    assert main([*base, "--image-size", "48", "--train-sizes", "none"]) == 0
+    assert main(base) == 0
+    assert [(c.image_size, c.train_sizes) for c in seen] == \
+        [(144, [24, 32]), (48, []), (48, []), (144, [96, 112])]
+    with pytest.raises(SystemExit):
+        main([*base, "--train-sizes", "big"])
+    assert "expected pixel sizes like 96,112" in capsys.readouterr().err

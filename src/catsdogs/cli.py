@@ -57,6 +57,19 @@ def cmd_data_download(args) -> int:
     return EXIT_OK
 
 
+def _sizes(text: str) -> list[int]:
+    """``"96,112"`` → ``[96, 112]``; ``"none"`` → ``[]`` (argparse type for --train-sizes)."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected pixel sizes like 96,112") from None
+    if any(s < 8 for s in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be at least 8 pixels")
+    return sizes
+
+
 def cmd_train(args) -> int:
     from catsdogs.config import make_config
     from catsdogs.errors import RunError
@@ -64,9 +77,12 @@ def cmd_train(args) -> int:
 
     if not args.resume and not args.data:
         raise RunError("--data DIR is required (unless --resume continues an existing run)")
+    train_sizes = args.train_sizes
+    if train_sizes is None and args.image_size:
+        train_sizes = []  # --image-size alone: train and classify at that size
     cfg = make_config(args.preset, data=args.data and os.path.abspath(args.data), out=args.out,
                       epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                      limit=args.limit, seed=args.seed)
+                      train_sizes=train_sizes, limit=args.limit, seed=args.seed)
     train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return EXIT_OK
 
@@ -196,7 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recipe (default: %(default)s; baseline = the classic tutorial net)")
     tr.add_argument("--epochs", type=int, metavar="N", help="override the preset's epochs")
     tr.add_argument("--batch-size", type=int, metavar="N", help="override the batch size")
-    tr.add_argument("--image-size", type=int, metavar="PX", help="override the input size")
+    tr.add_argument("--image-size", type=int, metavar="PX",
+                    help="override the size the model classifies at (alone, it also trains at "
+                         "that size)")
+    tr.add_argument("--train-sizes", type=_sizes, metavar="PX[,PX…]",
+                    help="progressive resizing: training sizes, the epochs split evenly between "
+                         "them in order (e.g. 96,112); 'none' trains at --image-size")
     tr.add_argument("--limit", type=int, metavar="N_PER_CLASS",
                     help="use at most N photos per class (demos, tests)")
     tr.add_argument("--seed", type=int, metavar="N", help="random seed (default 1337)")

@@ -185,10 +185,13 @@ def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict], s
                   f"{src['skipped_files']} files skipped)")
     flips = ("; P(dog) averaged over each photo and its mirror image (test-time flips)"
              if m.get("test_time_flips") else "")
+    trained_at = (f" (trained at {' → '.join(f'{s} px' for s in cfg.train_sizes)})"
+                  if cfg.train_sizes else "")
     lines = [f"# catsdogs report: `{os.path.basename(os.path.abspath(cfg.out or out_dir))}`", "",
-             f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px, "
-             f"{cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.learning_rate} "
-             f"({cfg.schedule}), augmentation `{cfg.augmentation}`, seed {cfg.seed}.", "",
+             f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px"
+             f"{trained_at}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+             f"lr {cfg.learning_rate} ({cfg.schedule}), augmentation `{cfg.augmentation}`, "
+             f"seed {cfg.seed}.", "",
              f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}{flips}.",
              "",
              "| metric | value |", "| --- | --- |",

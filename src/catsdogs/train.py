@@ -255,7 +255,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     # Built under a tf.distribute strategy scope (the default strategy for now) so that
     # multi-worker training can be added by swapping the strategy.
     precision = resolve_precision(cfg.precision)
-    print(f"Model {cfg.model} at {cfg.image_size} px, {precision} compute, "
+    trains_at = (f", trained at {' → '.join(map(str, cfg.train_sizes))} px"
+                 if cfg.train_sizes else "")
+    print(f"Model {cfg.model} at {cfg.image_size} px{trains_at}, {precision} compute, "
           f"{'XLA' if cfg.jit_compile else 'no XLA'}")
     strategy = tf.distribute.get_strategy()
     keras.mixed_precision.set_global_policy(precision)
