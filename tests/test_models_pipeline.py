@@ -141,3 +141,31 @@ def test_train_sizes_option(monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit):
         main([*base, "--train-sizes", "big"])
     assert "expected pixel sizes like 96,112" in capsys.readouterr().err
+
+
+def test_progressive_resize_gives_every_batch_of_an_epoch_that_epochs_size(tmp_path):
+    """Keras builds the next epoch's iterator (which starts prefetching) at the end of an epoch,
+    before validation and before the next ``on_epoch_begin``; no batch may have a stale size."""
+    from catsdogs.augment import crop_flip_augmentation
+    from catsdogs.config import make_config
+    from catsdogs.train import ProgressiveResize
+
+    seen = []
+
+    class Spy(keras.layers.Layer):
+        def call(self, x, training=None):
+            if training:
+                seen.append(int(x.shape[1]))
+            return keras.ops.mean(x, axis=(1, 2))
+
+    paths = [str(save_photo(tmp_path / f"{i}.png", i % 2, seed=i)) for i in range(16)]
+    labels = [i % 2 for i in range(16)]
+    augment = crop_flip_augmentation(seed=1)
+    ds = make_dataset(paths, labels, 40, batch_size=2, shuffle=True, augment=augment)
+    val = make_dataset(paths[:4], labels[:4], 40, batch_size=2)
+    model = keras.Sequential([keras.Input((None, None, 3)), Spy(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", run_eagerly=True)
+    cfg = make_config("quick", epochs=4, image_size=40, train_sizes=[24, 32])
+    model.fit(ds, validation_data=val, epochs=4, verbose=0,
+              callbacks=[ProgressiveResize(cfg, augment)])
+    assert seen == [24] * 16 + [32] * 16

@@ -91,9 +91,13 @@ class HistoryCSV(keras.callbacks.Callback):
 
 class ProgressiveResize(keras.callbacks.Callback):
     """Set the augmentation's output size at the start of every epoch from
-    :meth:`TrainConfig.train_size` (progressive resizing). Keras creates each epoch's data
-    iterator after ``on_epoch_begin``, so every batch of an epoch has that epoch's size, and a
-    resumed run picks up the size of the epoch it resumes at."""
+    :meth:`TrainConfig.train_size` (progressive resizing); a resumed run picks up the size of
+    the epoch it resumes at.
+
+    Keras may create the next epoch's data iterator before ``on_epoch_begin``, but a tf.data
+    iterator produces nothing (no shuffle fill, map or prefetch) until its first ``get_next``,
+    inside the epoch, so every batch of an epoch has that epoch's size
+    (``tests/test_models_pipeline.py`` checks each batch)."""
 
     def __init__(self, cfg: TrainConfig, augment):
         super().__init__()
