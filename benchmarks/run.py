@@ -26,7 +26,6 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -82,13 +81,20 @@ def train_preset(data: str, preset: str, workdir: str, extra: list[str]) -> dict
     cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", data, "--out", out,
            "--preset", preset, "--no-progress", "--overwrite", *extra]
     print("$ catsdogs " + " ".join(cmd[3:]), flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"train {preset} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
-    return {"run": out, "wall_seconds": wall, "peak_rss_bytes_max_so_far": rss,
+    # os.wait4 gives this child's own resource usage; RUSAGE_CHILDREN would give the largest
+    # peak of all children so far, so every preset after the biggest would report its peak.
+    with tempfile.TemporaryFile("w+") as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"train {preset} failed (exit {proc.returncode}):\n"
+                             f"{log.read()[-6000:]}")
+    rss = usage.ru_maxrss * 1024  # Linux reports KiB
+    return {"run": out, "wall_seconds": wall, "peak_rss_bytes": rss,
             "command": "catsdogs " + " ".join(cmd[3:]).replace(workdir, "RUNS")}
 
 
@@ -250,7 +256,7 @@ def markdown(result: dict) -> str:
             f"| {r['preset']} | {r['image_size']} | {r['epochs']} | {r['wall_seconds']:.0f} | "
             f"{r['train_photos_per_s']:.0f}{ratio} | {r['model_flops_per_photo'] / 1e9:.3f} | "
             f"{r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_peak']:.1f} | "
-            f"{r['peak_rss_bytes_max_so_far'] / 2**30:.2f} | {reach} | "
+            f"{r['peak_rss_bytes'] / 2**30:.2f} | {reach} | "
             f"{r['test_accuracy']:.4f} |")
     inf = result.get("inference")
     if inf:
