@@ -244,20 +244,25 @@ def markdown(result: dict) -> str:
              f"cores, {result['mode']} mode, {result['date']}", "",
              f"Measured peak (float32 matmul): {result['peak_flops_per_s'] / 1e9:.0f} GFLOP/s. "
              f"Input pipeline: {result['input_pipeline_photos_per_s']:.0f} photos/s.", "",
-             "| preset | px | epochs | train wall s | train photos/s | GFLOPs/photo | achieved "
-             "GFLOP/s | % of peak | peak RSS GiB | s to 80/85/90/93 % val | test acc |",
+             "| preset | px | epochs | train wall s | train photos/s | GFLOPs/photo train / "
+             "classify | achieved GFLOP/s | % of peak | peak RSS GiB | s to 80/85/90/93 % val | "
+             "test acc |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         reach = "/".join("–" if v is None else f"{v:.0f}"
                          for v in r["seconds_to_val_accuracy"].values())
-        ratio = (f" ({r['train_photos_per_s'] / base['train_photos_per_s']:.2f}× baseline)"
-                 if base and r is not base else "")
+        def vs_base(key: str, r: dict = r) -> str:
+            return f" ({r[key] / base[key]:.2f}× baseline)" if base and r is not base else ""
+        errors_vs_base = (f" ({(1 - r['test_accuracy']) / (1 - base['test_accuracy']):.2f}× "
+                          "baseline's errors)" if base and r is not base
+                          and base["test_accuracy"] < 1 else "")
         lines.append(
             f"| {r['preset']} | {r['image_size']} | {r['epochs']} | {r['wall_seconds']:.0f} | "
-            f"{r['train_photos_per_s']:.0f}{ratio} | {r['model_flops_per_photo'] / 1e9:.3f} | "
-            f"{r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['fraction_of_peak']:.1f} | "
-            f"{r['peak_rss_bytes'] / 2**30:.2f} | {reach} | "
-            f"{r['test_accuracy']:.4f} |")
+            f"{r['train_photos_per_s']:.0f}{vs_base('train_photos_per_s')} | "
+            f"{r['train_flops_per_photo'] / 1e9:.3f} / {r['model_flops_per_photo'] / 1e9:.3f} | "
+            f"{r['achieved_flops_per_s'] / 1e9:.1f}{vs_base('achieved_flops_per_s')} | "
+            f"{100 * r['fraction_of_peak']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | {reach} | "
+            f"{r['test_accuracy']:.4f}{errors_vs_base} |")
     inf = result.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['run_preset']} model; one photo = JPEG bytes → decode + "
