@@ -248,21 +248,26 @@ def markdown(result: dict) -> str:
              "classify | achieved GFLOP/s | % of peak | peak RSS GiB | s to 80/85/90/93 % val | "
              "test acc |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+    def vs_base(r: dict, value, what: str = "baseline") -> str:
+        """`` (N× what)`` with N = value(r) / value(baseline); ``""`` for baseline or none."""
+        if base is None or r is base or not value(base):
+            return ""
+        return f" ({value(r) / value(base):.2f}× {what})"
+
     for r in rows:
         reach = "/".join("–" if v is None else f"{v:.0f}"
                          for v in r["seconds_to_val_accuracy"].values())
-        def vs_base(key: str, r: dict = r) -> str:
-            return f" ({r[key] / base[key]:.2f}× baseline)" if base and r is not base else ""
-        errors_vs_base = (f" ({(1 - r['test_accuracy']) / (1 - base['test_accuracy']):.2f}× "
-                          "baseline's errors)" if base and r is not base
-                          and base["test_accuracy"] < 1 else "")
+        photos = vs_base(r, lambda x: x["train_photos_per_s"])
+        flops = vs_base(r, lambda x: x["achieved_flops_per_s"])
+        errors = vs_base(r, lambda x: 1 - x["test_accuracy"], "baseline's errors")
         lines.append(
             f"| {r['preset']} | {r['image_size']} | {r['epochs']} | {r['wall_seconds']:.0f} | "
-            f"{r['train_photos_per_s']:.0f}{vs_base('train_photos_per_s')} | "
+            f"{r['train_photos_per_s']:.0f}{photos} | "
             f"{r['train_flops_per_photo'] / 1e9:.3f} / {r['model_flops_per_photo'] / 1e9:.3f} | "
-            f"{r['achieved_flops_per_s'] / 1e9:.1f}{vs_base('achieved_flops_per_s')} | "
+            f"{r['achieved_flops_per_s'] / 1e9:.1f}{flops} | "
             f"{100 * r['fraction_of_peak']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | {reach} | "
-            f"{r['test_accuracy']:.4f}{errors_vs_base} |")
+            f"{r['test_accuracy']:.4f}{errors} |")
     inf = result.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['run_preset']} model; one photo = JPEG bytes → decode + "
