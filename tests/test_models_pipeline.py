@@ -70,6 +70,17 @@ def test_dataset_shapes_and_dtypes(tmp_path):
     assert next(iter(images_only)).shape == (5, 32, 32, 3)
 
 
+def test_datasets_run_without_the_tf_data_autotuner(tmp_path):
+    """Regression guard: with autotuning on, Keras' per-epoch iterator teardown waited for
+    tf.data's autotune thread (idle stalls of 5–35 s per epoch; see ``pipeline_options``)."""
+    paths = [str(save_photo(tmp_path / f"{i}.png", i % 2, seed=i)) for i in range(3)]
+    for ds in (make_dataset(paths, [0, 1, 0], 16, batch_size=2, shuffle=True),
+               make_dataset(paths, None, 16, batch_size=2, cache=False)):
+        assert ds.options().autotune.enabled is False
+        assert ds.options().deterministic is True
+        assert next(iter(ds)) is not None
+
+
 def test_crop_flip_changes_size_between_epochs_of_one_pipeline(tmp_path):
     """Progressive resizing: the same dataset yields the size set before each pass."""
     from catsdogs.augment import crop_flip_augmentation

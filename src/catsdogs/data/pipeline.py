@@ -6,6 +6,9 @@ the expensive decode so each photo is decoded once per run, ``prefetch`` to over
 training. Cached images are stored as ``uint8`` at the model's input size (a 20k-photo train
 split at 128 px is ~1 GB of RAM).
 
+The pipeline runs with tf.data's autotuner switched off and fixed parallelism (one ``map`` call
+per CPU core, two batches prefetched); see :func:`pipeline_options` for why.
+
 Resizing uses :func:`resize`, the same operation as the model's own ``Resizing`` layer (bilinear,
 antialiased), so a photo resized here and a raw photo resized inside the model agree.
 """
@@ -19,7 +22,31 @@ import tensorflow as tf
 
 from catsdogs.data.images import load_image
 
-AUTOTUNE = tf.data.AUTOTUNE
+PREFETCH_BATCHES = 2
+"""Batches prepared ahead of the model (``Dataset.prefetch``)."""
+
+
+def parallel_calls() -> int:
+    """Parallel ``map`` calls: the CPU cores this process may run on (``os.sched_getaffinity``)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def pipeline_options() -> tf.data.Options:
+    """``tf.data.Options`` for every catsdogs dataset: autotuning off, deterministic order.
+
+    Why no autotuning: with ``AUTOTUNE``, each iterator runs a model thread that re-tunes
+    after waits that double up to a minute (``Model::OptimizeLoop`` in TensorFlow's
+    ``core/framework/model.cc``). Keras creates a new iterator every epoch, and destroying the
+    previous one waited for that thread, so training sat idle for 5–35 s at the start of most
+    epochs (2-core CPU, TensorFlow 2.21: 0 % CPU, main thread blocked in
+    ``RootDataset::Iterator::~Iterator``; seen with ``gdb``). Fixed parallelism is enough
+    here: decoding runs once per run (the cache) and one augmentation ``map`` per core
+    outpaces the model (``benchmarks/``: input pipeline photos/s).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return options
 
 
 def resize(images: tf.Tensor | np.ndarray, image_size: int) -> tf.Tensor:
@@ -79,8 +106,7 @@ def make_dataset(paths: list[str], labels: list[int] | None, image_size: int, ba
     """
     encoded = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
     ds = tf.data.Dataset.from_tensor_slices(encoded)
-    ds = ds.map(lambda p: load_resized(p, image_size), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(lambda p: load_resized(p, image_size), num_parallel_calls=parallel_calls())
     if labels is not None:
         y = tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.float32).reshape(-1, 1))
         ds = tf.data.Dataset.zip((ds, y))
@@ -95,7 +121,7 @@ def make_dataset(paths: list[str], labels: list[int] | None, image_size: int, ba
         return augment(x, training=True) if augment is not None else x
 
     if labels is not None:
-        ds = ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=parallel_calls())
     else:
-        ds = ds.map(to_float, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+        ds = ds.map(to_float, num_parallel_calls=parallel_calls())
+    return ds.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
