@@ -123,8 +123,11 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(data), "--out", str(run),
            "--preset", "quick", "--image-size", "32", "--batch-size", "8", "--epochs", "200",
            "--no-progress"]
+    # Ctrl-C must reach the child even when this test runs in a background job, which starts
+    # with SIGINT ignored (POSIX) and then Python installs no KeyboardInterrupt handler.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     history = run / "history.csv"
     t0 = time.time()
     while time.time() - t0 < 300 and proc.poll() is None:
