@@ -139,8 +139,10 @@ PRESETS: dict[str, dict] = {
     # 4 % less time. Test-time flips add ~0.4–0.7 points.
     "default": dict(model="resnet", image_size=144, train_sizes=[96, 112], batch_size=64,
                     epochs=22, tta=True),
-    # The same recipe, smaller and shorter, sized for an ~8-minute `train` on 2 CPU cores (its
-    # 14 epochs took 451 s in the validation run, 671 s in the slower 2026-11-23 bench).
+    # The same recipe, smaller and shorter, sized for an ~8-minute `train` on 2 CPU cores. Its
+    # 14 epochs took 451 s in the 2026-11-22 validation run, 578 s in a 2026-11-23 validation
+    # run and 642 s in the 2026-11-23 afternoon bench (this VM's speed varies by the hour), and
+    # the whole `train` took 11.3 min in that bench, over the 8-minute target.
     # Chosen on the validation split: 14 epochs at 64 → 80 → 96 px gave 90.6 % classified at
     # 112 px (89.9 % at 96, 89.9 % at 128; flips did not help: 90.4 %); 10 epochs gave 88.5 %.
     "fast": dict(model="resnet", image_size=112, train_sizes=[64, 80, 96], batch_size=64,
