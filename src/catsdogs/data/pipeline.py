@@ -110,9 +110,10 @@ def make_dataset(paths: list[str], labels: list[int] | None, image_size: int, ba
         Dataset of ``images`` or ``(images, labels)``: images ``(batch, image_size, image_size,
         3) float32`` in 0–255, labels ``(batch, 1) float32``.
     """
+    calls = parallel_calls()
     encoded = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
     ds = tf.data.Dataset.from_tensor_slices(encoded)
-    ds = ds.map(lambda p: load_resized(p, image_size), num_parallel_calls=parallel_calls())
+    ds = ds.map(lambda p: load_resized(p, image_size), num_parallel_calls=calls)
     if labels is not None:
         y = tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.float32).reshape(-1, 1))
         ds = tf.data.Dataset.zip((ds, y))
@@ -127,7 +128,7 @@ def make_dataset(paths: list[str], labels: list[int] | None, image_size: int, ba
         return augment(x, training=True) if augment is not None else x
 
     if labels is not None:
-        ds = ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=parallel_calls())
+        ds = ds.map(lambda x, y: (to_float(x), y), num_parallel_calls=calls)
     else:
-        ds = ds.map(to_float, num_parallel_calls=parallel_calls())
+        ds = ds.map(to_float, num_parallel_calls=calls)
     return ds.prefetch(PREFETCH_BATCHES).with_options(pipeline_options())
