@@ -16,7 +16,8 @@ dense float32 matmul timed in the same run), time until validation accuracy firs
 85, 90 and 93 %, and final test accuracy. Plus input-pipeline decode+resize photos/s and
 inference latency (decode + preprocess + model, one photo) and batch throughput for Keras
 ``model.predict``, a compiled ``tf.function``, the ``catsdogs export`` ONNX (ONNX Runtime) and
-LiteRT models, and int8-quantized LiteRT variants (measured, not shipped).
+LiteRT models, the opt-in int8 LiteRT export (``--format tflite-int8``), and a fully int8
+LiteRT variant (measured only).
 """
 
 from __future__ import annotations
@@ -149,23 +150,19 @@ def input_pipeline(data: str, n: int = 2000, image_size: int = 112) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def _quantized_tflite(model, run: str, mode: str, calibration: np.ndarray) -> str:
-    """Write a quantized LiteRT copy of ``model`` into the run folder, for measurement only.
-
-    ``mode="dynamic"``: int8 weights, float activations (dynamic-range quantization);
-    ``mode="int8"``: int8 weights and activations, calibrated on ``calibration``, prepared
-    images ``(n, S, S, 3) float32`` (full-integer post-training quantization). Both from
-    https://ai.google.dev/edge/litert/models/post_training_quantization.
-    """
+def _full_int8_tflite(model, run: str, calibration: np.ndarray) -> str:
+    """Write a fully int8 LiteRT copy of ``model`` (int8 weights and activations, calibrated on
+    ``calibration``, prepared images ``(n, S, S, 3) float32``; full-integer post-training
+    quantization, https://ai.google.dev/edge/litert/models/post_training_quantization) into the
+    run folder, for measurement only."""
     import tensorflow as tf
 
     from catsdogs.export import write_model_file
 
-    path = os.path.join(run, f"bench-{mode}.tflite")
-    options = {"optimizations": [tf.lite.Optimize.DEFAULT]}
-    if mode == "int8":
-        options["representative_dataset"] = lambda: ([calibration[i:i + 1]]
-                                                     for i in range(len(calibration)))
+    path = os.path.join(run, "bench-int8.tflite")
+    options = {"optimizations": [tf.lite.Optimize.DEFAULT],
+               "representative_dataset": lambda: ([calibration[i:i + 1]]
+                                                  for i in range(len(calibration)))}
     write_model_file(model, calibration.shape[1], path, "tflite", **options)
     return path
 
@@ -178,7 +175,8 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
 
     Paths: Keras ``model.predict``; the compiled ``tf.function`` (catsdogs' Keras engine); the
     ``catsdogs export`` ONNX model in ONNX Runtime and LiteRT model in the LiteRT interpreter
-    (XNNPACK); and, measured only, LiteRT with int8 weights (dynamic range) and full int8.
+    (XNNPACK); the opt-in ``catsdogs export --format tflite-int8`` (int8 weights, dynamic range;
+    key ``tflite_dynamic``); and, measured only, full int8 (key ``tflite_int8``).
     """
     from catsdogs.data.images import load_image
     from catsdogs.data.split import load_split, select
@@ -187,16 +185,17 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
 
     keras_engine, cfg = load_engine(run, "keras")
     size = cfg.image_size
-    exports = {fmt: export_run(run, fmt, verbose=False) for fmt in ("onnx", "tflite")}
+    exports = {fmt: export_run(run, fmt, verbose=False)
+               for fmt in ("onnx", "tflite", "tflite-int8")}
     paths, labels = select(load_split(os.path.join(run, "splits.csv")), "val")
     val = np.stack([prepare(load_image(p), size) for p in paths[:n_val]]).astype(np.float32)
     val_y = np.asarray(labels[:n_val])
     reference = keras_engine(val)
     engines = {"keras_predict": None, "tf_function": keras_engine,
-               "onnx": load_engine(run, "onnx")[0], "tflite": load_engine(run, "tflite")[0]}
-    for mode in ("dynamic", "int8"):
-        engines[f"tflite_{mode}"] = LiteRTEngine(
-            _quantized_tflite(keras_engine.model, run, mode, val[:200]))
+               "onnx": load_engine(run, "onnx")[0], "tflite": load_engine(run, "tflite")[0],
+               "tflite_dynamic": load_engine(run, "tflite-int8")[0],
+               "tflite_int8": LiteRTEngine(
+                   _full_int8_tflite(keras_engine.model, run, val[:200]))}
     with open(sample, "rb") as fh:
         data = fh.read()
     prepared = np.repeat(prepare(load_image(data), size)[None].astype(np.float32), batch, 0)
@@ -230,8 +229,7 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
                      "val_accuracy": float(np.mean((p >= cfg.threshold) == val_y)),
                      "label_agreement_vs_keras": float(np.mean(
                          (p >= cfg.threshold) == (reference >= cfg.threshold)))}
-    for mode in ("dynamic", "int8"):
-        os.unlink(os.path.join(run, f"bench-{mode}.tflite"))
+    os.unlink(os.path.join(run, "bench-int8.tflite"))
     return {"engines": out, "batch_size": batch, "n_val": int(len(val)),
             "export_bytes": {k: v["bytes"] for k, v in exports.items()},
             "keras_val_accuracy": float(np.mean((reference >= cfg.threshold) == val_y))}

@@ -245,3 +245,64 @@ def test_serve_uses_export_and_matches_keras(exported):
             got = np.array([r["p_dog"] for r in items])
             assert np.max(np.abs(got - expected)) <= TOLERANCE
             assert all(r["heatmap_png_base64"] for r in items)
+
+
+def test_int8_export_is_checked_on_validation_accuracy_and_used_only_when_asked(exported,
+                                                                              tmp_path):
+    """`export --format tflite-int8`: kept with its validation accuracy recorded (recomputed
+    here from the int8 engine itself), never chosen by --engine auto, used by --engine
+    tflite-int8 in predict."""
+    from catsdogs.config import TrainConfig
+    from catsdogs.export import QUANTIZED_FORMATS, validation_photos
+
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)
+    proc = run_cli("export", run, "--format", "tflite-int8")
+    assert "Validation accuracy" in proc.stdout and "--engine tflite-int8" in proc.stdout
+    rec = json.loads((run / EXPORT_INFO).read_text())["tflite-int8"]
+    assert rec["file"] == QUANTIZED_FORMATS["tflite-int8"] == "model.int8.tflite"
+    assert (run / "model.int8.tflite").stat().st_size == rec["bytes"]
+    # int8 weights: clearly smaller than the float32 LiteRT file
+    assert rec["bytes"] < 0.6 * (run / "model.tflite").stat().st_size
+    cfg = TrainConfig.load(str(run))
+    images, labels = validation_photos(str(run), cfg.image_size)
+    assert rec["n_checked"] == len(labels) > 0
+    int8 = Predictor.from_run(str(run), engine="tflite-int8")
+    keras_p = Predictor.from_run(str(run), engine="keras").predict_prepared(images)
+    p = int8.predict_prepared(images)
+    assert int8.engine_name == "tflite-int8"
+    assert rec["val_accuracy"] == pytest.approx(np.mean((p >= cfg.threshold) == labels))
+    assert rec["val_accuracy_keras"] == pytest.approx(np.mean((keras_p >= cfg.threshold) == labels))
+    assert rec["max_abs_diff"] == pytest.approx(np.max(np.abs(p - keras_p)), abs=1e-6)
+    assert Predictor.from_run(str(run)).engine_name == "tflite"  # auto: float32 only
+    (run / "model.tflite").unlink()
+    (run / "model.onnx").unlink()
+    assert Predictor.from_run(str(run)).engine_name == "keras"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(photo(1, (60, 50), seed=9)).save(folder / "a.png")
+    out = run_cli("predict", run, folder, "--json", "--engine", "tflite-int8")
+    (result,) = json.loads(out.stdout)
+    assert result["p_dog"] == pytest.approx(
+        float(int8.predict_images([np.asarray(Image.open(folder / "a.png").convert("RGB"))])[0]),
+        abs=1e-6)
+    assert "tflite-int8 engine" in run_cli("predict", run, folder, "--engine",
+                                           "tflite-int8").stderr
+
+
+def test_int8_export_that_loses_accuracy_is_not_kept(tiny_run, tmp_path, monkeypatch):
+    import catsdogs.predict as predict
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+
+    real_call = predict.LiteRTEngine.__call__  # a "quantized model" that gets every photo wrong
+    monkeypatch.setattr(predict.LiteRTEngine, "__call__", lambda self, x: 1 - real_call(self, x))
+    with pytest.raises(ExportError, match="misclassifies .* validation photos"):
+        export_run(str(run), "tflite-int8", verbose=False)
+    assert not (run / "model.int8.tflite").exists() and not (run / EXPORT_INFO).exists()
+    monkeypatch.undo()
+    (run / "splits.csv").unlink()
+    with pytest.raises(ExportError, match="checked on the run's validation photos"):
+        export_run(str(run), "tflite-int8", verbose=False)
+    assert not (run / "model.int8.tflite").exists()

@@ -120,7 +120,8 @@ class LiteRTEngine:
 
     name = "tflite"
 
-    def __init__(self, path: str, num_threads: int | None = None):
+    def __init__(self, path: str, num_threads: int | None = None, name: str = "tflite"):
+        self.name = name
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
@@ -150,8 +151,9 @@ class LiteRTEngine:
 
 
 def load_engine_file(path: str, fmt: str):
-    """An engine for an exported model file of format ``"onnx"`` or ``"tflite"``."""
-    return OnnxEngine(path) if fmt == "onnx" else LiteRTEngine(path)
+    """An engine for an exported model file of format ``"onnx"``, ``"tflite"`` or
+    ``"tflite-int8"`` (:data:`catsdogs.export.EXPORT_FILES`); the engine's ``name`` is ``fmt``."""
+    return OnnxEngine(path) if fmt == "onnx" else LiteRTEngine(path, name=fmt)
 
 
 def load_engine(run_dir: str, engine: str = "auto"):
@@ -169,11 +171,11 @@ def load_engine(run_dir: str, engine: str = "auto"):
             exported from an older ``model.keras`` (re-run ``catsdogs export``).
     """
     from catsdogs.config import TrainConfig
-    from catsdogs.export import ENGINES, FORMATS, export_status, read_export_info
+    from catsdogs.export import ENGINES, EXPORT_FILES, export_status, read_export_info
 
     if engine not in ENGINES:
         raise RunError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
-    if engine in FORMATS:
+    if engine in EXPORT_FILES:
         if not os.path.isdir(run_dir):
             raise RunError(f"{run_dir}: no such run folder")
         config = TrainConfig.load(run_dir)
@@ -185,7 +187,7 @@ def load_engine(run_dir: str, engine: str = "auto"):
     if engine == "auto" and os.path.isdir(run_dir):
         try:
             read_export_info(run_dir)
-            formats = ("tflite", "onnx")
+            formats = ("tflite", "onnx")  # float32 exports only, never a quantized one
         except RunError as exc:  # a bad export.json must not stop a run with a good model
             log.warning("not using exported models: %s; using model.keras", exc)
             formats = ()
@@ -237,7 +239,7 @@ class Predictor:
 
     @property
     def engine_name(self) -> str:
-        """``"keras"``, ``"onnx"`` or ``"tflite"``."""
+        """``"keras"``, ``"onnx"``, ``"tflite"`` or ``"tflite-int8"``."""
         return self.engine.name
 
     def label(self, p_dog: float) -> str:
