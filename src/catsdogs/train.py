@@ -181,7 +181,7 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) ->
     model.compile(optimizer=opt,
                   loss=keras.losses.BinaryCrossentropy(label_smoothing=cfg.label_smoothing),
                   metrics=[keras.metrics.BinaryAccuracy(name="accuracy")],
-                  jit_compile=cfg.jit_compile)
+                  jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
 
 
 def prepare_data(cfg: TrainConfig, run: str, progress: bool) -> ScanResult:
