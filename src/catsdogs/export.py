@@ -122,6 +122,30 @@ def export_status(run_dir: str, fmt: str) -> tuple[str | None, str]:
     return path, "ok"
 
 
+def _read_validation(run_dir: str, image_size: int, limit: int | None = None):
+    """Prepared photos of the run's validation split (the first ``limit`` of them, or all):
+    ``(images, labels, n_listed)``, lists of ``(image_size, image_size, 3) uint8`` arrays and
+    of labels; photos that can no longer be read are left out.
+
+    Raises:
+        CatsDogsError: ``splits.csv`` is missing or unreadable.
+    """
+    from catsdogs.data.images import load_image
+    from catsdogs.data.split import load_split, select
+    from catsdogs.errors import CatsDogsError
+    from catsdogs.predict import prepare
+
+    paths, labels = select(load_split(os.path.join(run_dir, "splits.csv")), "val")
+    images, kept = [], []
+    for path, label in list(zip(paths, labels, strict=True))[:limit]:
+        try:
+            images.append(prepare(load_image(path), image_size))
+            kept.append(label)
+        except CatsDogsError:
+            continue
+    return images, kept, len(paths)
+
+
 def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int = 24,
                  seed: int = 0):
     """Images the export check compares on: ``n_random`` uniform-noise images plus up to
@@ -129,22 +153,14 @@ def check_images(run_dir: str, image_size: int, n_random: int = 8, n_photos: int
     are still there). Returns ``(n, image_size, image_size, 3) float32`` in 0–255."""
     import numpy as np
 
-    from catsdogs.data.images import load_image
-    from catsdogs.data.split import load_split, select
     from catsdogs.errors import CatsDogsError
-    from catsdogs.predict import prepare
 
     rng = np.random.default_rng(seed)
     images = list(rng.integers(0, 256, (n_random, image_size, image_size, 3), dtype=np.uint8))
     try:
-        paths, _ = select(load_split(os.path.join(run_dir, "splits.csv")), "val")
+        images += _read_validation(run_dir, image_size, n_photos)[0]
     except CatsDogsError:
-        paths = []
-    for path in paths[:n_photos]:
-        try:
-            images.append(prepare(load_image(path), image_size))
-        except CatsDogsError:
-            continue
+        pass
     return np.stack(images).astype(np.float32)
 
 
@@ -162,27 +178,17 @@ def validation_photos(run_dir: str, image_size: int):
     """
     import numpy as np
 
-    from catsdogs.data.images import load_image
-    from catsdogs.data.split import load_split, select
     from catsdogs.errors import CatsDogsError
-    from catsdogs.predict import prepare
 
     try:
-        paths, labels = select(load_split(os.path.join(run_dir, "splits.csv")), "val")
+        images, labels, n_listed = _read_validation(run_dir, image_size)
     except CatsDogsError as exc:
         raise ExportError(f"{run_dir}: a quantized export is checked on the run's validation "
                           f"photos, which cannot be read ({exc})") from None
-    images, kept = [], []
-    for path, label in zip(paths, labels, strict=True):
-        try:
-            images.append(prepare(load_image(path), image_size))
-            kept.append(label)
-        except CatsDogsError:
-            continue
     if not images:
         raise ExportError(f"{run_dir}: a quantized export is checked on the run's validation "
-                          f"photos; none of the {len(paths)} in splits.csv can be read")
-    return np.stack(images), np.asarray(kept)
+                          f"photos; none of the {n_listed} in splits.csv can be read")
+    return np.stack(images), np.asarray(labels)
 
 
 def _check_quantized(run_dir: str, target: str, model, cfg, engine) -> dict:

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from catsdogs import CLASSES
 from catsdogs.data.images import load_image
-from catsdogs.data.pipeline import resize_uint8
+from catsdogs.data.pipeline import parallel_calls, resize_uint8
 from catsdogs.data.scan import is_hidden_or_system
 from catsdogs.errors import ImageError, RunError, display_path
 from catsdogs.run import load_run
@@ -128,9 +128,8 @@ class LiteRTEngine:
             raise RunError("the tflite engine needs ai-edge-litert: "
                            "pip install 'catsdogs[export]'") from None
         try:
-            cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                     else os.cpu_count() or 1)  # the cores this process may use (Linux)
-            self.interpreter = Interpreter(model_path=path, num_threads=num_threads or cores)
+            self.interpreter = Interpreter(model_path=path,
+                                           num_threads=num_threads or parallel_calls())
         except Exception as exc:  # noqa: BLE001
             raise RunError(f"{path}: cannot load LiteRT model ({str(exc)[:200]})") from None
         self._input = self.interpreter.get_input_details()[0]["index"]
