@@ -108,6 +108,8 @@ def summarise_run(run: str, peak: float) -> dict:
         metrics = json.load(fh)
     with open(os.path.join(run, "splits.csv")) as fh:
         n_train = sum(r["split"] == "train" for r in csv.DictReader(fh))
+    with open(os.path.join(run, "timings.json")) as fh:
+        timings = json.load(fh)
     train_seconds = sum(float(r["seconds"]) for r in history)
     photos_per_s = n_train * len(history) / train_seconds
     flops = model_flops(cfg["preset"], cfg["image_size"], cfg["model_kwargs"], cfg["model"])
@@ -134,7 +136,7 @@ def summarise_run(run: str, peak: float) -> dict:
             "seconds_to_val_accuracy": reach,
             "best_val_accuracy": max(float(r["val_accuracy"]) for r in history),
             "test_accuracy": metrics["accuracy"], "test_roc_auc": metrics["roc_auc"],
-            "test_n": metrics["n"]}
+            "test_n": metrics["n"], "timings": timings}
 
 
 def input_pipeline(data: str, n: int = 2000, image_size: int = 112) -> float:

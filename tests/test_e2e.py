@@ -55,6 +55,12 @@ def test_train_writes_a_complete_run_folder(real_run):
     assert "plots/confusion_matrix.png" in report and "accuracy" in report
     # The cross-class duplicate (Cat/8456.jpg = Dog/8736.jpg) can never be in a split.
     assert not any(r["path"].endswith(("Cat/8456.jpg", "Dog/8736.jpg")) for r in rows)
+    timings = json.loads((run / "timings.json").read_text())
+    stages = [timings[f"{s}_seconds"] for s in ("data", "setup", "fit", "save", "evaluate")]
+    assert min(stages) >= 0 and abs(sum(stages) - timings["total_seconds"]) < 0.01
+    # every epoch's own seconds happen inside the fit stage
+    assert sum(float(r["seconds"]) for r in history) <= timings["fit_seconds"]
+    assert f"→ {run}/timings.json" in proc.stdout
 
 
 def test_model_beats_chance_on_held_out_photos(real_run, tmp_path):

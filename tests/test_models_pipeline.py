@@ -71,6 +71,62 @@ def test_dataset_shapes_and_dtypes(tmp_path):
     assert next(iter(images_only)).shape == (5, 32, 32, 3)
 
 
+@pytest.mark.parametrize("batch_size, max_pending_bytes", [(3, 2**30), (64, 0)])
+def test_scan_keeps_each_photo_resized_exactly_as_the_pipeline_would(make_folder, batch_size,
+                                                                     max_pending_bytes):
+    """Decode once: the arrays the scan keeps, fed to ``make_dataset``, give the same batches
+    (same pixels, same seeded shuffle, epoch after epoch) as decoding the files there, whether
+    photos are resized in batches (of 3 here) or one by one (the byte limit reached)."""
+    from catsdogs.data.pipeline import ResizedPhotos
+    from catsdogs.data.scan import scan_folder
+
+    root = make_folder(cats=5, dogs=4)
+    save_photo(root / "Dog" / "wide.png", 1, seed=9, size=(70, 33))
+    (root / "Cat" / "broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    resized = ResizedPhotos(24, batch_size=batch_size, max_pending_bytes=max_pending_bytes)
+    result = scan_folder(root, progress=False, keep=resized)
+    kept = resized.finish()
+    assert len(result.photos) == 10 and len(result.skipped) == 1
+    assert set(kept) == {p.path for p in result.photos}  # the broken file is not kept
+    paths, labels = [p.path for p in result.photos], [p.label for p in result.photos]
+    images = np.stack([kept[p] for p in paths])
+    assert images.shape == (10, 24, 24, 3) and images.dtype == np.uint8
+    for shuffle in (False, True):
+        decoded = make_dataset(paths, labels, 24, 4, shuffle=shuffle, seed=5)
+        kept = make_dataset(paths, labels, 24, 4, shuffle=shuffle, seed=5, images=images)
+        for _ in range(2):
+            for (xa, ya), (xb, yb) in zip(decoded, kept, strict=True):
+                np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+                np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+    with pytest.raises(ValueError, match=r"expected \(10, 32, 32, 3\) uint8"):
+        make_dataset(paths, labels, 32, 4, images=images)
+
+
+def test_training_reads_the_photos_the_scan_decoded(make_folder, tmp_path, monkeypatch):
+    """Training decodes no photo a second time when it trains and validates at one size; with
+    a larger validation size (progressive resizing), only the validation photos are decoded,
+    each once."""
+    import os
+
+    import catsdogs.data.pipeline as pipeline
+    from catsdogs.config import make_config
+    from catsdogs.data.split import load_split, select
+    from catsdogs.train import train
+
+    decoded = []
+    real = pipeline._decode_path
+    monkeypatch.setattr(pipeline, "_decode_path", lambda p: decoded.append(p) or real(p))
+    data = str(make_folder(cats=12, dogs=12))
+    train(make_config("quick", data=data, out=str(tmp_path / "one"), image_size=32, epochs=2,
+                      batch_size=8), progress=False, evaluate=False)
+    assert decoded == []
+    run = train(make_config("quick", data=data, out=str(tmp_path / "two"), image_size=40,
+                            train_sizes=[24, 32], epochs=2, batch_size=8),
+                progress=False, evaluate=False)
+    val_paths = select(load_split(f"{run}/splits.csv"), "val")[0]
+    assert sorted(decoded) == sorted(os.fsencode(p) for p in val_paths) and val_paths
+
+
 def test_datasets_run_without_the_tf_data_autotuner(tmp_path):
     """Regression guard: with autotuning on, Keras' per-epoch iterator teardown waited for
     tf.data's autotune thread (idle stalls of 5–35 s per epoch; see ``pipeline_options``)."""

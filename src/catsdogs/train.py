@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import shutil
@@ -22,7 +23,7 @@ import tensorflow as tf
 from catsdogs import CLASSES
 from catsdogs.augment import AUGMENTATIONS
 from catsdogs.config import TrainConfig, resolve_precision
-from catsdogs.data.pipeline import make_dataset
+from catsdogs.data.pipeline import ResizedPhotos, make_dataset
 from catsdogs.data.scan import Photo, ScanResult, scan_folder, summary_lines
 from catsdogs.data.split import load_split, make_split, save_split, select
 from catsdogs.errors import RunError
@@ -31,6 +32,7 @@ from catsdogs.models import build_model
 from catsdogs.run import MODEL_FILE, is_run_folder
 
 HISTORY_FILE = "history.csv"
+TIMINGS_FILE = "timings.json"
 BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
 BACKUP_DIR = "backup"
 
@@ -132,6 +134,14 @@ def _limit(photos: list[Photo], limit: int | None, seed: int) -> list[Photo]:
     return sorted(out, key=lambda p: p.path)
 
 
+def _stack(kept: dict[str, np.ndarray], paths: list[str]) -> np.ndarray | None:
+    """The kept photos of ``paths``, in order, as one ``(n, size, size, 3) uint8`` array; None
+    unless every path was kept."""
+    if not paths or any(p not in kept for p in paths):
+        return None
+    return np.stack([kept[p] for p in paths])
+
+
 def _prepare_run_folder(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     run = cfg.out
     if resume:
@@ -184,9 +194,23 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) ->
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
 
 
-def prepare_data(cfg: TrainConfig, run: str, progress: bool) -> ScanResult:
-    """Scan, deduplicate, limit and split the photos; write ``scan.json`` and ``splits.csv``."""
-    result = scan_folder(cfg.data, progress=progress)
+def cache_size(cfg: TrainConfig) -> int:
+    """Side, in pixels, at which training holds its photos in memory: the largest training
+    size (progressive resizing crops and resizes down from it)."""
+    return max(cfg.train_sizes or [cfg.image_size])
+
+
+def prepare_data(cfg: TrainConfig, run: str, progress: bool
+                 ) -> tuple[ScanResult, dict[str, np.ndarray]]:
+    """Scan, deduplicate, limit and split the photos; write ``scan.json`` and ``splits.csv``.
+
+    Returns:
+        The scan, and every readable photo resized to :func:`cache_size`, by path
+        (``(size, size, 3) uint8``), so training need not decode the files again (for the
+        full PetImages folder at 96 px, ~0.7 GB of RAM).
+    """
+    resized = ResizedPhotos(cache_size(cfg))
+    result = scan_folder(cfg.data, progress=progress, keep=resized)
     result.write_json(os.path.join(run, "scan.json"))
     for line in summary_lines(result):
         if progress or line.lstrip().startswith("SKIP"):
@@ -197,7 +221,7 @@ def prepare_data(cfg: TrainConfig, run: str, progress: bool) -> ScanResult:
                           (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction,
                            cfg.test_fraction))
     save_split(examples, os.path.join(run, "splits.csv"))
-    return result
+    return result, resized.finish()
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
@@ -219,6 +243,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         RunError: the run folder exists (without ``resume``/``overwrite``) or cannot be resumed.
         ValueError: ``train_sizes`` with an augmentation that cannot resize (``tutorial``).
     """
+    clock = {"start": time.perf_counter()}
     run = cfg.out
     if cfg.train_sizes and not hasattr(AUGMENTATIONS[cfg.augmentation](), "set_output_size"):
         raise ValueError(f"train_sizes (progressive resizing) needs an augmentation that can "
@@ -233,6 +258,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         if evaluate:
             evaluate_run(run, progress=progress)
         return run
+    kept: dict[str, np.ndarray] = {}  # path → photo at cache_size(cfg), decoded by the scan
     if resume:
         out = run
         cfg = TrainConfig.load(run)
@@ -240,9 +266,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         examples = load_split(os.path.join(run, "splits.csv"))
         print(f"Resuming {run} (preset {cfg.preset}, {cfg.epochs} epochs)")
     else:
-        prepare_data(cfg, run, progress)
+        kept = prepare_data(cfg, run, progress)[1]
         cfg.save(run)
         examples = load_split(os.path.join(run, "splits.csv"))
+    clock["data"] = time.perf_counter()
 
     keras.utils.set_random_seed(cfg.seed)
     train_paths, train_labels = select(examples, "train")
@@ -250,10 +277,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     print(f"Split: {len(train_paths)} train, {len(val_paths)} val, "
           f"{len(select(examples, 'test')[0])} test photos → {run}/splits.csv")
     augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
-    # Decoded once at the largest training size; the augmentation resizes each epoch's crops.
-    train_ds = make_dataset(train_paths, train_labels, max(cfg.train_sizes or [cfg.image_size]),
-                            cfg.batch_size, shuffle=True, augment=augment, seed=cfg.seed)
-    val_ds = make_dataset(val_paths, val_labels, cfg.image_size, cfg.batch_size)
+    # Held at the largest training size; the augmentation resizes each epoch's crops. Photos the
+    # scan kept are not decoded again; on resume (no scan) they are decoded in the first epoch.
+    size = cache_size(cfg)
+    train_ds = make_dataset(train_paths, train_labels, size, cfg.batch_size, shuffle=True,
+                            augment=augment, seed=cfg.seed, images=_stack(kept, train_paths))
+    val_ds = make_dataset(val_paths, val_labels, cfg.image_size, cfg.batch_size,
+                          images=_stack(kept, val_paths) if cfg.image_size == size else None)
+    kept.clear()
     steps = int(np.ceil(len(train_paths) / cfg.batch_size))
 
     # Built under a tf.distribute strategy scope (the default strategy for now) so that
@@ -291,11 +322,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         keras.callbacks.BackupAndRestore(os.path.join(run, BACKUP_DIR), double_checkpoint=True,
                                          delete_checkpoint=False),
     ]
+    clock["setup"] = time.perf_counter()
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
                   shuffle=False, verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run) from None
+    clock["fit"] = time.perf_counter()
 
     model.get_layer("resize").passthrough = False
     best = os.path.join(run, BEST_WEIGHTS)
@@ -309,11 +342,34 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         model.save(tmp)
     shutil.rmtree(os.path.join(run, BACKUP_DIR), ignore_errors=True)
     print(f"Saved {os.path.join(run, MODEL_FILE)} (best epoch by validation loss)")
+    clock["save"] = time.perf_counter()
     if evaluate:
         from catsdogs.evaluate import evaluate_run
 
         evaluate_run(run, model=model, progress=progress)
+    clock["evaluate"] = time.perf_counter()
+    write_timings(run, clock)
     return run
+
+
+def write_timings(run: str, clock: dict[str, float]) -> dict[str, float]:
+    """Write ``timings.json``: wall seconds of each stage of this ``train`` call, and print them.
+
+    Keys: ``data_seconds`` (scan, deduplicate, split; 0 on resume), ``setup_seconds`` (datasets
+    and model), ``fit_seconds`` (all epochs of this call, with validation and checkpoints),
+    ``save_seconds`` (``model.keras``), ``evaluate_seconds`` (test split, plots, report) and
+    ``total_seconds``. Python and TensorFlow start-up, before ``train`` is called, is not
+    included.
+    """
+    stages = ["start", "data", "setup", "fit", "save", "evaluate"]
+    out = {f"{b}_seconds": round(clock[b] - clock[a], 3)
+           for a, b in zip(stages, stages[1:], strict=False)}
+    out["total_seconds"] = round(clock["evaluate"] - clock["start"], 3)
+    atomic_write_text(os.path.join(run, TIMINGS_FILE), json.dumps(out, indent=2))
+    print(f"Done in {out['total_seconds']:.0f} s: data {out['data_seconds']:.0f} s, "
+          f"training {out['fit_seconds']:.0f} s, evaluation {out['evaluate_seconds']:.0f} s "
+          f"→ {run}/{TIMINGS_FILE}")
+    return out
 
 
 class TrainingInterrupted(RunError):

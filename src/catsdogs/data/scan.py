@@ -9,7 +9,9 @@ Two layouts are accepted (class order is fixed: cat = 0, dog = 1):
 
 Every file is fully decoded once (the same :func:`catsdogs.data.images.load_image` that training
 and prediction use), so a truncated or corrupt photo is found here, reported with its reason and
-skipped, never met half-way through training.
+skipped, never met half-way through training. Training passes ``keep`` to hold on to each photo
+resized to its input size, so the photos are decoded once per run, here, and not a second time
+to fill the training cache ("decode-once uint8 caching").
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from catsdogs import CLASSES
@@ -227,25 +231,36 @@ def find_labelled_files(root: str) -> tuple[str, list[tuple[str, int]], list[Ski
     return layout, labelled, skipped
 
 
-def _inspect(item: tuple[str, int]) -> Photo | Skipped:
+Keep = Callable[[str, np.ndarray], None]
+"""Called as ``keep(path, pixels)`` for each readable photo, pixels ``(height, width, 3) uint8``,
+from the scan's decoding threads."""
+
+
+def _inspect(item: tuple[str, int], keep: Keep | None = None) -> Photo | Skipped:
     path, label = item
     try:
         data = read_file(path)
         pixels = load_image(data, name=path)
     except ImageError as exc:
         return Skipped(path, exc.reason)
+    if keep is not None:
+        keep(path, pixels)
     h, w = pixels.shape[:2]
     return Photo(path, label, hashlib.sha256(data).hexdigest(), w, h)
 
 
 def scan_folder(root: str | os.PathLike, *, workers: int | None = None,
-                progress: bool = True) -> ScanResult:
+                progress: bool = True, keep: Keep | None = None) -> ScanResult:
     """Scan a labelled folder: label every file, decode it to validate it, hash it.
 
     Args:
         root: the folder (either layout, see the module docstring).
         workers: decoding threads (default: CPU count; Pillow releases the GIL while decoding).
         progress: show a tqdm progress bar on stderr.
+        keep: optional ``keep(path, pixels)``, called in the decoding threads with each
+            readable photo's pixels (``(height, width, 3) uint8``, upright). Training passes a
+            :class:`catsdogs.data.pipeline.ResizedPhotos` to keep every photo resized to its
+            input size, so nothing is decoded twice.
 
     Returns:
         A :class:`ScanResult`; call :meth:`ScanResult.check_usable` to require both classes.
@@ -258,7 +273,8 @@ def scan_folder(root: str | os.PathLike, *, workers: int | None = None,
     result = ScanResult(root=root, layout=layout, skipped=skipped)
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(tqdm(pool.map(_inspect, labelled), total=len(labelled),
+        outcomes = list(tqdm(pool.map(lambda item: _inspect(item, keep), labelled),
+                             total=len(labelled),
                              desc=f"scan {display_path(os.path.basename(root)) or root}",
                              unit="file", disable=not progress, leave=False))
     for out in outcomes:
