@@ -258,3 +258,22 @@ def test_progressive_resize_gives_every_batch_of_an_epoch_that_epochs_size(tmp_p
     model.fit(ds, validation_data=val, epochs=4, verbose=0,
               callbacks=[ProgressiveResize(cfg, augment)])
     assert seen == [24] * 16 + [32] * 16
+
+
+@pytest.mark.parametrize("preset_env, expected", [(None, "1"), ("0", "0")])
+def test_importing_catsdogs_turns_onednn_on_unless_the_user_chose(preset_env, expected):
+    """TensorFlow leaves oneDNN off on AVX2-only CPUs; `import catsdogs` turns it on (before TF
+    is imported) but never overrides the user's own TF_ENABLE_ONEDNN_OPTS."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset_env is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset_env
+    code = ("import os, catsdogs; from catsdogs.config import software_versions; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], "
+            "software_versions()['tf_enable_onednn_opts'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [expected, expected]

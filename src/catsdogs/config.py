@@ -192,7 +192,8 @@ def resolve_precision(precision: str) -> str:
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of Python, catsdogs and the main libraries."""
+    """Versions of Python, catsdogs and the main libraries, plus ``TF_ENABLE_ONEDNN_OPTS`` (which
+    kernels TensorFlow ran; see :data:`catsdogs.ONEDNN_DEFAULT`)."""
     import keras
     import matplotlib
     import numpy
@@ -203,4 +204,5 @@ def software_versions() -> dict[str, str]:
     return {"catsdogs": __version__, "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": numpy.__version__,
             "scikit-learn": sklearn.__version__, "pillow": PIL.__version__,
-            "matplotlib": matplotlib.__version__, "platform": platform.platform()}
+            "matplotlib": matplotlib.__version__, "platform": platform.platform(),
+            "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")}
