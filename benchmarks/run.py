@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import platform
@@ -298,6 +299,9 @@ def main() -> int:
     if not os.path.isdir(data):
         raise SystemExit(f"no photo folder at {data}; pass --data")
     sys.path.insert(0, os.path.join(HERE, "..", "src"))
+    # catsdogs before TensorFlow, so the peak matmul runs with the same (oneDNN) kernels as
+    # `catsdogs train` (see catsdogs.ONEDNN_DEFAULT).
+    importlib.import_module("catsdogs")
     import tensorflow as tf
 
     workdir = tempfile.mkdtemp(prefix="catsdogs-bench-")
@@ -316,7 +320,8 @@ def main() -> int:
         "mode": "quick" if args.quick else "full",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "tensorflow": tf.__version__},
+                    "cpu_flags": _cpu_flags(), "tensorflow": tf.__version__,
+                    "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")},
         "peak_flops_per_s": peak,
         "input_pipeline_photos_per_s": input_pipeline(data, n=500 if args.quick else 2000),
         "presets": rows,
@@ -337,6 +342,22 @@ def main() -> int:
     print(table)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU's vector and matrix extensions that decide TensorFlow's kernels (from
+    /proc/cpuinfo; empty where it is missing)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16",
+              "amx_int8")
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def _cpu_name() -> str:
