@@ -3,8 +3,9 @@
 Class order is fixed everywhere in the package: ``cat = 0``, ``dog = 1``; the model's single
 sigmoid output is P(dog).
 
-Importing ``catsdogs`` (before TensorFlow) turns on TensorFlow's oneDNN kernels on every x86
-CPU, unless ``TF_ENABLE_ONEDNN_OPTS`` is already set: see :data:`ONEDNN_DEFAULT`.
+Importing ``catsdogs`` (before TensorFlow) turns on TensorFlow's oneDNN kernels, which
+TensorFlow itself leaves off on x86 CPUs without AVX-512 VNNI/BF16, AVX-VNNI or AMX, unless
+``TF_ENABLE_ONEDNN_OPTS`` is already set: see :data:`ONEDNN_DEFAULT`.
 """
 
 import os as _os
