@@ -167,3 +167,74 @@ def test_crash_after_training_before_saving_resumes_without_retraining(make_fold
     assert not (run / "backup").exists()
     with pytest.raises(RunError, match="already complete"):
         train_mod.train(make_config("quick", out=str(run)), resume=True, progress=False)
+
+
+def test_checkpoint_keeps_the_best_validated_weights_through_unvalidated_epochs(tmp_path):
+    from catsdogs.train import AtomicModelCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "best.weights.h5")
+    checkpoint = AtomicModelCheckpoint(path, monitor="val_loss", mode="min", save_best_only=True,
+                                       save_weights_only=True)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_begin(0)
+    checkpoint.on_epoch_end(0, {"loss": 0.9, "val_loss": 0.5})
+    saved = open(path, "rb").read()
+    model.set_weights([w + 1 for w in model.get_weights()])
+    checkpoint.on_epoch_begin(1)
+    checkpoint.on_epoch_end(1, {"loss": 0.1})  # not validated: Keras alone would save this
+    assert open(path, "rb").read() == saved
+    checkpoint.on_epoch_begin(2)
+    checkpoint.on_epoch_end(2, {"loss": 0.1, "val_loss": 0.4})
+    assert open(path, "rb").read() != saved
+
+
+def test_validating_every_other_epoch_survives_a_crash_and_resumes(make_folder, tmp_path,
+                                                                   monkeypatch):
+    import catsdogs.train as train_mod
+    from catsdogs.config import make_config
+
+    data = make_folder(cats=12, dogs=12)
+    cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=32,
+                      epochs=5, batch_size=8, val_every=2)
+    run = tmp_path / "run"
+    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def crash_after_epoch_3(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch == 2:
+            raise OSError("power cut")
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_epoch_3)
+        with pytest.raises(OSError, match="power cut"):
+            train_mod.train(cfg, progress=False)
+    train_mod.train(make_config("quick", out=str(run)), resume=True, progress=False)
+    rows = train_mod.read_history(str(run / "history.csv"))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [int(r["epoch"]) for r in rows if r["val_loss"]] == [2, 4, 5]
+    assert list(rows[0])[:5] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    report = (run / "report.md").read_text()
+    assert "Trained 5 epochs" in report and "validated after 3 of them" in report
+    assert (run / "model.keras").exists() and (run / "plots" / "history.png").exists()
+
+
+def test_validation_schedule_and_option(monkeypatch, tmp_path, capsys):
+    import catsdogs.train
+    from catsdogs.cli import main
+    from catsdogs.config import make_config
+
+    assert make_config("quick", epochs=5, val_every=2).validation_epochs() == [2, 4, 5]
+    assert make_config("quick", epochs=4, val_every=2).validation_epochs() == [2, 4]
+    assert make_config("quick", epochs=3).validation_epochs() == [1, 2, 3]
+    assert make_config("default").validation_epochs() == list(range(2, 23, 2))
+    with pytest.raises(ValueError, match="val_every"):
+        make_config("quick", val_every=0).validation_epochs()
+    seen = []
+    monkeypatch.setattr(catsdogs.train, "train", lambda cfg, **kw: seen.append(cfg))
+    base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert main([*base, "--val-every", "3"]) == 0 and main(base) == 0
+    assert [c.val_every for c in seen] == [3, 2]
+    with pytest.raises(SystemExit):
+        main([*base, "--val-every", "0"])
+    assert "must be at least 1" in capsys.readouterr().err

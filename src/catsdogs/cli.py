@@ -70,6 +70,17 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
 def cmd_train(args) -> int:
     from catsdogs.config import make_config
     from catsdogs.errors import RunError
@@ -82,7 +93,8 @@ def cmd_train(args) -> int:
         train_sizes = []  # --image-size alone: train and classify at that size
     cfg = make_config(args.preset, data=args.data and os.path.abspath(args.data), out=args.out,
                       epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                      train_sizes=train_sizes, limit=args.limit, seed=args.seed)
+                      train_sizes=train_sizes, limit=args.limit, seed=args.seed,
+                      val_every=args.val_every)
     train(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return EXIT_OK
 
@@ -221,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "them in order (e.g. 96,112); 'none' trains at --image-size")
     tr.add_argument("--limit", type=int, metavar="N_PER_CLASS",
                     help="use at most N photos per class (demos, tests)")
+    tr.add_argument("--val-every", type=_positive, metavar="N",
+                    help="validate every N epochs and after the last (default: the preset's; "
+                         "1 for baseline and quick, 2 for fast and default)")
     tr.add_argument("--seed", type=int, metavar="N", help="random seed (default 1337)")
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from its last completed epoch")

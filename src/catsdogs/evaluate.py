@@ -203,13 +203,15 @@ def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict], s
         lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
                      f"{v['support']} |")
     if history:
-        last = history[-1]
-        best = min(history, key=lambda r: float(r.get("val_loss", "inf")))
-        minutes = float(last["elapsed"]) / 60
-        lines += ["", f"Trained {len(history)} epochs in {minutes:.1f} minutes; best validation "
-                      f"loss {float(best['val_loss']):.4f} at epoch {best['epoch']} (validation "
-                      f"accuracy {float(best['val_accuracy']):.4f}); those weights are the saved "
-                      "model.", "", "## Training curves", "",
+        validated = [r for r in history if r.get("val_loss")]
+        text = (f"Trained {len(history)} epochs in {float(history[-1]['elapsed']) / 60:.1f} "
+                f"minutes, validated after {len(validated)} of them")
+        if validated:
+            best = min(validated, key=lambda r: float(r["val_loss"]))
+            text += (f"; best validation loss {float(best['val_loss']):.4f} at epoch "
+                     f"{best['epoch']} (validation accuracy {float(best['val_accuracy']):.4f}); "
+                     "those weights are the saved model")
+        lines += ["", text + ".", "", "## Training curves", "",
                   "![training curves](plots/history.png)"]
     if scan is not None:
         lines += ["", "## Data", "", "```", *summary_lines(scan)[:60], "```"]

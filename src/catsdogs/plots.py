@@ -28,14 +28,16 @@ def _save(fig, path: str) -> None:
 
 
 def plot_history(history: list[dict], path: str) -> None:
-    """Training and validation accuracy and loss per epoch (two panels)."""
-    epochs = [int(r["epoch"]) for r in history]
+    """Training and validation accuracy and loss per epoch (two panels); validation points only
+    at the epochs that were validated (``history.csv`` leaves the others empty)."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     panels = ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss (binary cross-entropy)"))
     for ax, key, title in panels:
         for prefix, name in (("", "training"), ("val_", "validation")):
-            if history and prefix + key in history[0]:
-                ax.plot(epochs, [float(r[prefix + key]) for r in history], marker="o", label=name)
+            rows = [r for r in history if r.get(prefix + key)]
+            if rows:
+                ax.plot([int(r["epoch"]) for r in rows], [float(r[prefix + key]) for r in rows],
+                        marker="o", label=name)
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend()

@@ -39,7 +39,14 @@ BACKUP_DIR = "backup"
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """``ModelCheckpoint`` that writes to a temporary file and renames it into place, so a crash
-    mid-write never leaves a half-written checkpoint."""
+    mid-write never leaves a half-written checkpoint, and that saves nothing after an epoch
+    without the monitored value (an epoch that was not validated, see
+    :attr:`TrainConfig.val_every`), where Keras would warn and save anyway."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only and (logs or {}).get(self.monitor) is None:
+            return
+        super().on_epoch_end(epoch, logs)
 
     def _save_model(self, epoch, batch, logs):
         final = self.filepath
@@ -57,8 +64,9 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 class HistoryCSV(keras.callbacks.Callback):
     """Write ``history.csv`` atomically after every epoch: ``epoch`` (1-based), the loss and
-    metrics, ``lr``, ``seconds`` (wall time of the epoch) and ``elapsed`` (training seconds so
-    far). On resume, rows of epochs that will be run again are dropped, so every epoch is counted
+    metrics (``val_*`` columns empty for epochs that were not validated), ``lr``, ``seconds``
+    (wall time of the epoch, with its validation) and ``elapsed`` (training seconds so far).
+    On resume, rows of epochs that will be run again are dropped, so every epoch is counted
     once."""
 
     def __init__(self, path: str):
@@ -84,7 +92,9 @@ class HistoryCSV(keras.callbacks.Callback):
                "elapsed": round(elapsed, 3)}
         self.rows.append(row)
         buf = io.StringIO()
-        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        tail = ["lr", "seconds", "elapsed"]  # a stable column order, val_* or not
+        fields = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k not in tail]
+        fields += tail
         writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
@@ -241,10 +251,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     Raises:
         DataError: the photo folder is unusable.
         RunError: the run folder exists (without ``resume``/``overwrite``) or cannot be resumed.
-        ValueError: ``train_sizes`` with an augmentation that cannot resize (``tutorial``).
+        ValueError: ``train_sizes`` with an augmentation that cannot resize (``tutorial``), or
+            ``val_every`` below 1.
     """
     clock = {"start": time.perf_counter()}
     run = cfg.out
+    cfg.validation_epochs()  # a bad val_every fails here, not after the scan
     if cfg.train_sizes and not hasattr(AUGMENTATIONS[cfg.augmentation](), "set_output_size"):
         raise ValueError(f"train_sizes (progressive resizing) needs an augmentation that can "
                          f"change the image size; {cfg.augmentation!r} cannot")
@@ -294,6 +306,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  if cfg.train_sizes else "")
     print(f"Model {cfg.model} at {cfg.image_size} px{trains_at}, {precision} compute, "
           f"{'XLA' if cfg.jit_compile else 'no XLA'}")
+    if cfg.val_every > 1:
+        print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
     strategy = tf.distribute.get_strategy()
     keras.mixed_precision.set_global_policy(precision)
     try:
@@ -310,8 +324,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     checkpoint = AtomicModelCheckpoint(os.path.join(run, BEST_WEIGHTS), monitor="val_loss",
                                        mode="min", save_best_only=True, save_weights_only=True)
     done = read_history(history_path) if resume else []
-    if done and "val_loss" in done[0]:
-        checkpoint.best = min(float(r["val_loss"]) for r in done)
+    validated = [float(r["val_loss"]) for r in done if r.get("val_loss")]
+    if validated:
+        checkpoint.best = min(validated)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         *([ProgressiveResize(cfg, augment)] if cfg.train_sizes else []),
@@ -325,7 +340,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     clock["setup"] = time.perf_counter()
     try:
         model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                  shuffle=False, verbose=1 if progress else 2)
+                  validation_freq=cfg.validation_epochs(), shuffle=False,
+                  verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run) from None
     clock["fit"] = time.perf_counter()
