@@ -65,17 +65,17 @@ def test_export_record(exported):
 
 
 def test_auto_engine_prefers_export_and_ignores_stale(exported, tmp_path):
-    assert isinstance(Predictor.from_run(str(exported)).engine, OnnxEngine)
+    assert isinstance(Predictor.from_run(str(exported)).engine, LiteRTEngine)
     run = tmp_path / "run"
     shutil.copytree(exported, run)
-    (run / "model.onnx").unlink()
-    assert isinstance(Predictor.from_run(str(run)).engine, LiteRTEngine)
+    (run / "model.tflite").unlink()
+    assert isinstance(Predictor.from_run(str(run)).engine, OnnxEngine)
     # model.keras changed since the export (e.g. trained further): its hash no longer matches
     info = json.loads((run / EXPORT_INFO).read_text())
     for rec in info.values():
         rec["model_sha256"] = "0" * 64
     (run / EXPORT_INFO).write_text(json.dumps(info))
-    shutil.copy(exported / "model.onnx", run / "model.onnx")
+    shutil.copy(exported / "model.tflite", run / "model.tflite")
     assert isinstance(Predictor.from_run(str(run)).engine, KerasEngine)
     with pytest.raises(RunError, match="catsdogs export"):
         Predictor.from_run(str(run), engine="onnx")
@@ -86,10 +86,10 @@ def test_auto_engine_prefers_export_and_ignores_stale(exported, tmp_path):
 def test_changed_or_unrecorded_export_file_is_not_used(exported, tmp_path, caplog):
     run = tmp_path / "run"
     shutil.copytree(exported, run)
-    shutil.copy(run / "model.tflite", run / "model.onnx")  # not the file that was checked
-    assert isinstance(Predictor.from_run(str(run)).engine, LiteRTEngine)
-    with pytest.raises(RunError, match="model.onnx changed since it was exported"):
-        Predictor.from_run(str(run), engine="onnx")
+    shutil.copy(run / "model.onnx", run / "model.tflite")  # not the file that was checked
+    assert isinstance(Predictor.from_run(str(run)).engine, OnnxEngine)
+    with pytest.raises(RunError, match="model.tflite changed since it was exported"):
+        Predictor.from_run(str(run), engine="tflite")
     (run / EXPORT_INFO).write_text("[1, 2]")  # not a record: warn, fall back to Keras
     assert isinstance(Predictor.from_run(str(run)).engine, KerasEngine)
     assert "export.json: not a catsdogs export record" in caplog.text
@@ -177,7 +177,7 @@ def test_cli_export_and_predict_engines(exported, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(exported, run)
     (run / "model.onnx").unlink()
-    proc = run_cli("export", run)  # the default format: ONNX
+    proc = run_cli("export", run, "--format", "onnx")
     assert "max |ΔP(dog)|" in proc.stdout and (run / "model.onnx").exists()
     results = {}
     for engine in ("keras", "onnx", "tflite"):
@@ -189,7 +189,7 @@ def test_cli_export_and_predict_engines(exported, tmp_path):
         for path, p in results["keras"].items():
             assert abs(results[engine][path] - p) <= TOLERANCE, (engine, path)
     proc = run_cli("predict", run, folder / "0.png")
-    assert "onnx engine" in proc.stderr
+    assert "tflite engine" in proc.stderr
     proc = run_cli("predict", tmp_path / "run", folder, "--engine", "gpu", check=False)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
@@ -238,7 +238,7 @@ def test_serve_uses_export_and_matches_keras(exported):
     for engine in ("auto", "onnx"):
         with TestClient(create_app(str(exported), engine=engine)) as client:
             meta = client.get("/api/v1/model").json()
-            assert meta["engine"] == ("onnx" if engine == "auto" else engine)
+            assert meta["engine"] == ("tflite" if engine == "auto" else engine)
             res = client.post("/api/v1/predict?explain=true", files=files)
             assert res.status_code == 200
             items = res.json()["results"]
@@ -274,7 +274,7 @@ def test_int8_export_is_checked_on_validation_accuracy_and_used_only_when_asked(
     assert rec["val_accuracy"] == pytest.approx(np.mean((p >= cfg.threshold) == labels))
     assert rec["val_accuracy_keras"] == pytest.approx(np.mean((keras_p >= cfg.threshold) == labels))
     assert rec["max_abs_diff"] == pytest.approx(np.max(np.abs(p - keras_p)), abs=1e-6)
-    assert Predictor.from_run(str(run)).engine_name == "onnx"  # auto: float32 only
+    assert Predictor.from_run(str(run)).engine_name == "tflite"  # auto: float32 only
     (run / "model.tflite").unlink()
     (run / "model.onnx").unlink()
     assert Predictor.from_run(str(run)).engine_name == "keras"

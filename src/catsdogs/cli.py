@@ -178,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def engine_flag(p):
         p.add_argument("--engine", choices=ENGINES, default="auto",
-                       help="inference engine: auto (default) uses RUN/model.onnx or "
-                            "RUN/model.tflite from `catsdogs export` when up to date, else "
+                       help="inference engine: auto (default) uses RUN/model.tflite or "
+                            "RUN/model.onnx from `catsdogs export` when up to date, else "
                             "model.keras; tflite-int8 (faster, slightly different P(dog)) "
                             "only when asked")
 
@@ -285,12 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "that it gives the same P(dog) as model.keras (within 1e-4) on noise and "
                     "validation photos, and record it in RUN/export.json. predict and serve "
                     "then use it (--engine auto). --format tflite-int8 writes "
-                    "RUN/model.int8.tflite (int8 weights, dynamic-range quantization: 1.3-2.5x "
-                    "the batch throughput of LiteRT float32, P(dog) off by a few "
-                    "hundredths), kept only if it makes at most 0.5%% of the validation photos "
-                    "more mistakes than model.keras; use it with --engine tflite-int8.")
+                    "RUN/model.int8.tflite (int8 weights, dynamic-range quantization: about 2x "
+                    "the batch throughput, P(dog) off by a few hundredths), kept only if it "
+                    "makes at most 0.5%% of the validation photos more mistakes than "
+                    "model.keras; use it with --engine tflite-int8.")
     xp.add_argument("run", metavar="RUN", help="run folder with model.keras")
-    xp.add_argument("--format", choices=sorted(EXPORT_FILES), default="onnx",
+    xp.add_argument("--format", choices=sorted(EXPORT_FILES), default="tflite",
                     help="export format (default: %(default)s, the fastest on our benchmark)")
     xp.set_defaults(func=cmd_export)
 

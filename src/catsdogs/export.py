@@ -16,9 +16,8 @@ since) is never used in its place.
 
 ``--format tflite-int8`` writes ``RUN/model.int8.tflite``, a LiteRT model with int8 weights and
 dynamically quantized activations ("dynamic range quantization",
-https://ai.google.dev/edge/litert/models/post_training_quantization): 2.5× the batch
-throughput of float32 LiteRT on an AVX-512 VNNI CPU, 1.3× on our AVX2-only one (README "Faster
-inference"), but P(dog) moves by a
+https://ai.google.dev/edge/litert/models/post_training_quantization): about 2× the batch
+throughput of float32 on our AVX-512 VNNI CPU (README "Faster inference"), but P(dog) moves by a
 few hundredths, so it cannot pass the 1e-4 check. It is kept only where accuracy holds: on the
 run's whole validation split it may make at most :data:`INT8_MAX_EXTRA_ERRORS` of the photos more
 mistakes than ``model.keras`` (at least one photo). ``--engine auto`` never picks it; predict and
@@ -46,9 +45,8 @@ EXPORT_FILES: dict[str, str] = {**FORMATS, **QUANTIZED_FORMATS}
 """Every export format → file name."""
 ENGINES = ("auto", "keras", *FORMATS, *QUANTIZED_FORMATS)
 """Inference engines for ``predict``/``serve`` (``--engine``). ``auto`` takes an up-to-date
-float32 exported model when the run has one (ONNX first: ONNX Runtime beat LiteRT on latency
-and batch throughput in both our benches, AVX-512 and AVX2-only; README "Faster inference"), else
-the Keras model; it never takes a quantized one."""
+float32 exported model when the run has one (LiteRT first, the fastest here; README "Faster
+inference"), else the Keras model; it never takes a quantized one."""
 
 EXPORT_INFO = "export.json"
 TOLERANCE = 1e-4

@@ -186,7 +186,7 @@ def load_engine(run_dir: str, engine: str = "auto"):
     if engine == "auto" and os.path.isdir(run_dir):
         try:
             read_export_info(run_dir)
-            formats = ("onnx", "tflite")  # float32 only, fastest first (export.ENGINES)
+            formats = ("tflite", "onnx")  # float32 exports only, never a quantized one
         except RunError as exc:  # a bad export.json must not stop a run with a good model
             log.warning("not using exported models: %s; using model.keras", exc)
             formats = ()
