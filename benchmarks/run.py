@@ -127,7 +127,9 @@ def summarise_run(run: str, peak: float) -> dict:
     achieved = 3 * train_flops * photos_per_s
     # Epochs that were not validated (TrainConfig.val_every) have no val_accuracy: a threshold
     # counts as reached at the first validated epoch at or above it.
-    validated = [r for r in history if r.get("val_accuracy")]
+    from catsdogs.train import validated_rows
+
+    validated = validated_rows(history)
     reach = {}
     for t in THRESHOLDS:
         hit = next((r for r in validated if float(r["val_accuracy"]) >= t), None)

@@ -203,7 +203,9 @@ def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict], s
         lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
                      f"{v['support']} |")
     if history:
-        validated = [r for r in history if r.get("val_loss")]
+        from catsdogs.train import validated_rows
+
+        validated = validated_rows(history)
         text = (f"Trained {len(history)} epochs in {float(history[-1]['elapsed']) / 60:.1f} "
                 f"minutes, validated after {len(validated)} of them")
         if validated:

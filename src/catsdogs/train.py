@@ -132,6 +132,12 @@ def read_history(path: str) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def validated_rows(history: list[dict]) -> list[dict]:
+    """The rows of ``history.csv`` whose epoch was validated (``val_*`` cells not empty; see
+    :attr:`TrainConfig.val_every`)."""
+    return [r for r in history if r.get("val_loss")]
+
+
 def _limit(photos: list[Photo], limit: int | None, seed: int) -> list[Photo]:
     if limit is None:
         return photos
@@ -256,7 +262,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     clock = {"start": time.perf_counter()}
     run = cfg.out
-    cfg.validation_epochs()  # a bad val_every fails here, not after the scan
+    cfg.validation_epochs()  # a bad val_every fails here, not after the scan (or on resume)
     if cfg.train_sizes and not hasattr(AUGMENTATIONS[cfg.augmentation](), "set_output_size"):
         raise ValueError(f"train_sizes (progressive resizing) needs an augmentation that can "
                          f"change the image size; {cfg.augmentation!r} cannot")
@@ -324,9 +330,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     checkpoint = AtomicModelCheckpoint(os.path.join(run, BEST_WEIGHTS), monitor="val_loss",
                                        mode="min", save_best_only=True, save_weights_only=True)
     done = read_history(history_path) if resume else []
-    validated = [float(r["val_loss"]) for r in done if r.get("val_loss")]
-    if validated:
-        checkpoint.best = min(validated)
+    if validated := validated_rows(done):
+        checkpoint.best = min(float(r["val_loss"]) for r in validated)
     callbacks = [
         keras.callbacks.TerminateOnNaN(),
         *([ProgressiveResize(cfg, augment)] if cfg.train_sizes else []),
