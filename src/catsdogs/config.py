@@ -163,7 +163,7 @@ PRESETS: dict[str, dict] = {
     # at 112 px gave 92.2 %, the same model classified at 128/144/160 px 93.0/93.8/92.5 % (the
     # FixRes effect); 11 epochs at 96 px then 11 at 112 px, classified at 144 px, 93.8 % in
     # 4 % less time. Test-time flips add ~0.4–0.7 points. On the AVX2-only CI machine this
-    # recipe scored 93.51 % (flips 93.88 %); cheaper variants, both dropped: 80 → 96 → 112 px
+    # recipe scored 93.51 % (flips 93.88 %); cheaper variants, all dropped: 80 → 96 → 112 px
     # 92.75 % (93.43 %), 20 epochs 93.39 % (93.51 %), 21 epochs 93.31 % (93.43 %).
     "default": dict(model="resnet", image_size=144, train_sizes=[96, 112], batch_size=64,
                     epochs=22, tta=True, val_every=2),
