@@ -299,6 +299,10 @@ def main() -> int:
     parser.add_argument("--sample", default=os.path.join(HERE, "..", "..", "shared", "data",
                                                          "samples", "cat.4001.jpg"))
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--keep-runs", metavar="DIR",
+                        help="train into DIR/<preset> and keep the run folders (for "
+                             "`catsdogs export`, benchmarks/load_serve.py or a look at the "
+                             "plots); default: a temporary folder, deleted at the end")
     args = parser.parse_args()
     data = os.path.abspath(args.data)
     if not os.path.isdir(data):
@@ -309,7 +313,11 @@ def main() -> int:
     importlib.import_module("catsdogs")
     import tensorflow as tf
 
-    workdir = tempfile.mkdtemp(prefix="catsdogs-bench-")
+    if args.keep_runs:
+        workdir = os.path.abspath(args.keep_runs)
+        os.makedirs(workdir, exist_ok=True)
+    else:
+        workdir = tempfile.mkdtemp(prefix="catsdogs-bench-")
     peak = peak_matmul_flops()
     if args.quick:
         plan = [("default", ["--limit", "200", "--epochs", "1"]),
@@ -345,7 +353,10 @@ def main() -> int:
     with open(os.path.join(args.out, "latest.md"), "w") as fh:
         fh.write(table)
     print(table)
-    shutil.rmtree(workdir, ignore_errors=True)
+    if args.keep_runs:
+        print(f"Run folders kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
