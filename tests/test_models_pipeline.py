@@ -217,6 +217,7 @@ def test_progressive_resizing_needs_a_resizing_augmentation(make_folder, tmp_pat
 def test_train_sizes_option(monkeypatch, capsys, tmp_path):
     import catsdogs.train
     from catsdogs.cli import main
+    from catsdogs.config import PRESETS
 
     seen = []
     monkeypatch.setattr(catsdogs.train, "train", lambda cfg, **kw: seen.append(cfg))
@@ -225,8 +226,10 @@ def test_train_sizes_option(monkeypatch, capsys, tmp_path):
     assert main([*base, "--image-size", "48"]) == 0  # alone: train at that size too
     assert main([*base, "--image-size", "48", "--train-sizes", "none"]) == 0
     assert main(base) == 0
+    default = PRESETS["default"]  # without options, the preset's own sizes
     assert [(c.image_size, c.train_sizes) for c in seen] == \
-        [(144, [24, 32]), (48, []), (48, []), (144, [96, 112])]
+        [(default["image_size"], [24, 32]), (48, []), (48, []),
+         (default["image_size"], default["train_sizes"])]
     with pytest.raises(SystemExit):
         main([*base, "--train-sizes", "big"])
     assert "expected pixel sizes like 96,112" in capsys.readouterr().err
