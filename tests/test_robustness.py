@@ -227,8 +227,7 @@ def test_validation_schedule_and_option(monkeypatch, tmp_path, capsys):
     assert make_config("quick", epochs=5, val_every=2).validation_epochs() == [2, 4, 5]
     assert make_config("quick", epochs=4, val_every=2).validation_epochs() == [2, 4]
     assert make_config("quick", epochs=3).validation_epochs() == [1, 2, 3]
-    default = make_config("default")
-    assert default.validation_epochs() == list(range(2, default.epochs + 1, 2))
+    assert make_config("default").val_every == 2  # `default` validates every other epoch
     assert make_config("default", epochs=7).validation_epochs() == [2, 4, 6, 7]
     with pytest.raises(ValueError, match="val_every"):
         make_config("quick", val_every=0).validation_epochs()

@@ -163,7 +163,7 @@ PRESETS: dict[str, dict] = {
     # the validation split (2,498 photos, with test-time flips): 19 epochs at 112 px classified
     # at 112 px gave 92.2 %, the same model classified at 128/144/160 px 93.0/93.8/92.5 % (the
     # FixRes effect); 11 epochs at 96 px then 11 at 112 px, classified at 144 px, 93.8 % in
-    # 4 % less time. Test-time flips add ~0.4–0.7 points. On the AVX2-only CI machine (float32)
+    # 4 % less time. Test-time flips add ~0.1–0.7 points. On the AVX2-only CI machine (float32)
     # that 22-epoch recipe scored 93.51 % (flips 93.88 %) in ~30 minutes; cheaper variants, all
     # dropped: 80 → 96 → 112 px 92.75 % (93.43 %), 20 epochs 93.39 % (93.51 %), 21 epochs
     # 93.31 % (93.43 %). On the AVX-512 + BF16 machine (2026-11-28, bfloat16) it took only
