@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data/PetImages
+# Non-pet photos to train with as outliers ("neither a cat nor a dog"), when that folder exists;
+# `make train OTHER=` trains without them (the max-softmax baseline).
+OTHER ?= $(wildcard ../shared/data/other)
 PRESET ?= default
 # A new run folder each time: runs/default, runs/default-2, runs/default-3, …
 RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
@@ -22,7 +25,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 train: install
-	$(BIN)/catsdogs train --data "$(DATA)" --out "$(RUN)" --preset $(PRESET) $(ARGS)
+	$(BIN)/catsdogs train --data "$(DATA)" --out "$(RUN)" --preset $(PRESET) \
+		$(if $(OTHER),--other "$(OTHER)") $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -127,7 +127,7 @@ def summarise_run(run: str, peak: float) -> dict:
     achieved = 3 * train_flops * photos_per_s
     # Epochs that were not validated (TrainConfig.val_every) have no val_accuracy: a threshold
     # counts as reached at the first validated epoch at or above it.
-    from catsdogs.train import validated_rows
+    from catsdogs.runfolder import validated_rows
 
     validated = validated_rows(history)
     reach = {}
@@ -175,6 +175,13 @@ def _full_int8_tflite(model, run: str, calibration: np.ndarray) -> str:
     return path
 
 
+def _p_dog(outputs) -> np.ndarray:
+    """P(dog), ``(n,)``, from a model's or an engine's outputs: ``(n,)``, or ``(n, k)`` with
+    P(dog) in column 0."""
+    outputs = np.asarray(outputs)
+    return outputs.reshape(len(outputs), -1)[:, 0]
+
+
 def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
               n_val: int = 1000) -> dict:
     """Per inference path: one-photo latency (JPEG bytes → decode + preprocess + model, warm)
@@ -187,18 +194,20 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
     key ``tflite_dynamic``); and, measured only, full int8 (key ``tflite_int8``).
     """
     from catsdogs.data.images import load_image
+    from catsdogs.data.preprocess import prepare
     from catsdogs.data.split import load_split, select
+    from catsdogs.engines import LiteRTEngine, load_engine
     from catsdogs.export import export_run
-    from catsdogs.predict import LiteRTEngine, Predictor, load_engine, prepare
+    from catsdogs.predict import Predictor
 
     keras_engine, cfg = load_engine(run, "keras")
-    size = cfg.image_size
+    size, threshold = cfg.image_size, cfg.inference.threshold
     exports = {fmt: export_run(run, fmt, verbose=False)
                for fmt in ("onnx", "tflite", "tflite-int8")}
     paths, labels = select(load_split(os.path.join(run, "splits.csv")), "val")
     val = np.stack([prepare(load_image(p), size) for p in paths[:n_val]]).astype(np.float32)
     val_y = np.asarray(labels[:n_val])
-    reference = keras_engine(val)
+    reference = _p_dog(keras_engine(val))
     engines = {"keras_predict": None, "tf_function": keras_engine,
                "onnx": load_engine(run, "onnx")[0], "tflite": load_engine(run, "tflite")[0],
                "tflite_dynamic": load_engine(run, "tflite-int8")[0],
@@ -212,11 +221,11 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
     for name, engine in engines.items():
         if engine is None:  # model.predict: Keras' own loop, batch only
             def call(x):
-                return model.predict(x, batch_size=batch, verbose=0).reshape(-1)
+                return model.predict(x, batch_size=batch, verbose=0)
             single = None
         else:
             call = engine
-            predictor = Predictor(engine, size, cfg.threshold)
+            predictor = Predictor(engine, size, threshold)
             for _ in range(10):
                 predictor.predict_sources([data], ["warm-up"])
             times = []
@@ -231,16 +240,16 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
         for _ in range(reps):
             call(prepared)
         photos_per_s = batch * reps / (time.perf_counter() - t0)
-        p = np.concatenate([call(val[i:i + batch]) for i in range(0, len(val), batch)])
+        p = np.concatenate([_p_dog(call(val[i:i + batch])) for i in range(0, len(val), batch)])
         out[name] = {"single_photo_ms": single, "batch_photos_per_s": photos_per_s,
                      "max_abs_diff_vs_keras": float(np.max(np.abs(p - reference))),
-                     "val_accuracy": float(np.mean((p >= cfg.threshold) == val_y)),
+                     "val_accuracy": float(np.mean((p >= threshold) == val_y)),
                      "label_agreement_vs_keras": float(np.mean(
-                         (p >= cfg.threshold) == (reference >= cfg.threshold)))}
+                         (p >= threshold) == (reference >= threshold)))}
     os.unlink(os.path.join(run, "bench-int8.tflite"))
     return {"engines": out, "batch_size": batch, "n_val": int(len(val)),
             "export_bytes": {k: v["bytes"] for k, v in exports.items()},
-            "keras_val_accuracy": float(np.mean((reference >= cfg.threshold) == val_y))}
+            "keras_val_accuracy": float(np.mean((reference >= threshold) == val_y))}
 
 
 def markdown(result: dict) -> str:

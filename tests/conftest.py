@@ -44,10 +44,33 @@ def photo(label: int, size=(48, 40), seed=0) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def photos_of_sizes(n=12, seed=5) -> list[np.ndarray]:
+    """Photos of several sizes and both classes, (H, W, 3) uint8."""
+    sizes = [(48, 40), (31, 77), (200, 120), (32, 32)]
+    return [photo(i % 2, sizes[i % len(sizes)], seed=seed + i) for i in range(n)]
+
+
 def save_photo(path: Path, label: int, seed: int = 0, size=(48, 40), fmt: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(photo(label, size, seed)).save(path, format=fmt)
     return path
+
+
+def save_every_format(folder: Path) -> Path:
+    """One file per accepted format/mode, plus two bad files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(photo(1, (60, 44), seed=3))
+    rgb.save(folder / "a.jpg")
+    rgb.save(folder / "b.png")
+    rgb.convert("RGBA").save(folder / "c.png")
+    rgb.convert("P").save(folder / "d.gif")
+    rgb.convert("L").save(folder / "e.jpg")
+    rgb.convert("CMYK").save(folder / "f.jpg")
+    rgb.save(folder / "g.webp")
+    rgb.save(folder / "h.bmp")
+    (folder / "z-broken.jpg").write_bytes(b"not an image at all")
+    (folder / "z-empty.jpg").write_bytes(b"")
+    return folder
 
 
 @pytest.fixture
@@ -82,16 +105,41 @@ def run_cli(*args, check=True, timeout=900, **kw) -> subprocess.CompletedProcess
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A run trained in-process on 40 synthetic photos per class (quick preset, 32 px, 3
-    epochs): a real model.keras and run folder for predict/evaluate/serve tests."""
-    from catsdogs.config import make_config
-    from catsdogs.train import train
+    epochs): a real model.keras and run folder for predict/evaluate/serve tests.
+
+    Its rejection threshold ("neither a cat nor a dog") is removed after training, so a photo's
+    label depends on P(dog) alone: chosen on 8 validation photos, the threshold is the largest
+    of their 8 OOD scores, and about one new cat or dog in nine would be called ``other`` by
+    chance. Tests of the rejection train their own runs (test_rejection.py) or set a threshold
+    per call (test_predict.py)."""
+    from catsdogs.api import train
+    from catsdogs.runfolder import CONFIG_FILE, read_json, run_file, write_json
 
     root = tmp_path_factory.mktemp("tiny")
     data = root / "photos"
     for label, name in ((0, "cats"), (1, "dogs")):
         for i in range(40):
             save_photo(data / name / f"{i}.png", label, seed=i)
-    cfg = make_config("quick", data=str(data), out=str(root / "run"), image_size=32, epochs=3,
-                      batch_size=16)
-    train(cfg, progress=False)
-    return root / "run"
+    run = root / "run"
+    train(data, run, "quick", image_size=32, epochs=3, batch_size=16, progress=False)
+    config = read_json(run_file(run, CONFIG_FILE))
+    assert config["inference"]["ood_threshold"] is not None  # train calibrated it
+    config["inference"]["ood_threshold"] = None
+    write_json(run_file(run, CONFIG_FILE), config)
+    return run
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_run, tmp_path_factory):
+    """A private copy of the tiny run with both float32 exports (ONNX, LiteRT); the shared run
+    stays Keras-only."""
+    import shutil
+
+    from catsdogs.export import export_run
+    from catsdogs.runfolder import FORMATS
+
+    run = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(tiny_run, run)
+    for fmt in FORMATS:
+        export_run(str(run), fmt, verbose=False)
+    return run

@@ -9,6 +9,7 @@ executable. Without them the tests are skipped, except under ``CI=true`` where t
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -20,8 +21,10 @@ import time
 import urllib.request
 
 import pytest
-from conftest import photo, require_shared
+from conftest import photo, require_shared, save_photo
 from PIL import Image
+
+from catsdogs.api import train
 
 CHROMIUM = os.environ.get("CATSDOGS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu",
@@ -67,14 +70,13 @@ def sync_playwright():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    """``catsdogs serve tiny_run`` on a free 127.0.0.1 port; yields its base URL."""
+@contextlib.contextmanager
+def _serving(run, log):
+    """``catsdogs serve RUN`` on a free 127.0.0.1 port; yields its base URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "catsdogs.cli", "serve", str(tiny_run),
+        proc = subprocess.Popen([sys.executable, "-m", "catsdogs.cli", "serve", str(run),
                                  "--host", "127.0.0.1", "--port", str(port),
                                  "--max-upload-mb", "5", "--max-files", "8"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -104,8 +106,15 @@ def server(tiny_run, tmp_path_factory):
             proc.wait()
 
 
-@pytest.fixture
-def page(sync_playwright, server):
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    """``catsdogs serve tiny_run``; yields its base URL."""
+    with _serving(tiny_run, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _browser_page(sync_playwright, server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -120,6 +129,12 @@ def page(sync_playwright, server):
             yield pg
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(sync_playwright, server):
+    with _browser_page(sync_playwright, server) as pg:
+        yield pg
 
 
 def _card(page, filename: str):
@@ -232,3 +247,41 @@ def _png_bytes(array) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def flower_server(tmp_path_factory):
+    """A tiny run trained with ``--other`` on real flower photos (two kinds, 30 each, from
+    ../shared/data/other/flowers), served; yields ``(url, a flower photo it never saw)``."""
+    flowers = require_shared("other/flowers")
+    root = tmp_path_factory.mktemp("flowers")
+    for label, name in ((0, "cats"), (1, "dogs")):
+        for i in range(40):
+            save_photo(root / "photos" / name / f"{i}.png", label, seed=i)
+    for kind in ("daisy", "roses"):
+        for src in sorted((flowers / kind).iterdir())[:30]:
+            (root / "other" / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, root / "other" / kind / src.name)
+    train(root / "photos", root / "run", "quick", image_size=32, epochs=4, batch_size=16,
+          other=root / "other", other_synthetic=60, other_holdout="none", progress=False)
+    unseen = sorted((flowers / "daisy").iterdir())[-1]  # not among the 30 trained on
+    with _serving(root / "run", root / "serve.log") as url:
+        yield url, unseen
+
+
+def test_a_flower_gets_the_neither_card(sync_playwright, flower_server):
+    url, flower = flower_server
+    with _browser_page(sync_playwright, url) as pg:
+        pg.locator("#file-input").set_input_files(str(flower))
+        card = _card(pg, flower.name)
+        pg.wait_for_function(
+            "() => document.querySelector('[data-testid=result]').dataset.state === 'done'")
+        api = pg.request.post(url + "/api/v1/predict", multipart={"files": {
+            "name": flower.name, "mimeType": "image/jpeg", "buffer": flower.read_bytes()}})
+        result = api.json()["results"][0]
+        assert result["label"] == "other" and result["ood_score"] > 0.5
+        assert card.get_attribute("data-label") == "other"
+        text = card.locator('[data-testid="label"]').inner_text()
+        assert text == "Neither a cat nor a dog"
+        assert "unlike any cat or dog" in card.locator('[data-testid="confidence"]').inner_text()
+        assert card.locator('[data-testid="error"]').is_hidden()  # a result, not an error

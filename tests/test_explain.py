@@ -13,6 +13,7 @@ import pytest
 from conftest import photo, run_cli, save_photo
 from PIL import Image
 
+from catsdogs.data.preprocess import prepare
 from catsdogs.errors import ImageError, RunError
 from catsdogs.explain import (
     GradCAM,
@@ -23,7 +24,7 @@ from catsdogs.explain import (
     png_bytes,
 )
 from catsdogs.models import build_model
-from catsdogs.predict import Predictor, prepare
+from catsdogs.predict import Predictor
 
 
 def cam_model(kernel: np.ndarray, w: np.ndarray, b: float = 0.0, size: int = 8) -> keras.Model:

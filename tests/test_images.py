@@ -1,5 +1,5 @@
 """Decoding: every accepted format and mode gives an upright (H, W, 3) uint8 array; every bad
-file raises ImageError with a clear reason."""
+file raises ImageError with a clear reason, also for fuzzed bytes (Hypothesis)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import zlib
 import numpy as np
 import pytest
 from conftest import photo
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from catsdogs.data.images import MAX_PIXELS, load_image
@@ -171,3 +173,42 @@ def test_non_utf8_file_name(tmp_path):
     with pytest.raises(ImageError) as info:
         load_image(os.fsdecode(raw) + "-missing")
     assert "\\xff" in str(info.value)  # printable, names the file
+
+
+# -- fuzzing ---------------------------------------------------------------------------------
+
+def _encode_seed(fmt: str) -> bytes:
+    return encode(Image.fromarray(photo(1, (24, 16), seed=5)), fmt)
+
+
+SEEDS = {fmt: _encode_seed(fmt) for fmt in ("JPEG", "PNG", "GIF", "WEBP", "BMP")}
+
+
+def _check(data: bytes) -> None:
+    """Any bytes give either an upright RGB uint8 array or an ImageError with a reason."""
+    try:
+        arr = load_image(data, name="fuzz")
+    except ImageError as exc:
+        assert exc.reason and exc.path == "fuzz"
+        return
+    assert isinstance(arr, np.ndarray) and arr.dtype == np.uint8
+    assert arr.ndim == 3 and arr.shape[2] == 3 and arr.shape[0] >= 1 and arr.shape[1] >= 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_fuzz_random_bytes(data):
+    _check(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fmt=st.sampled_from(sorted(SEEDS)),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+def test_fuzz_mutated_images(fmt, edits, cut):
+    data = bytearray(SEEDS[fmt])
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    _check(bytes(data))

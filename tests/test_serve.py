@@ -15,8 +15,16 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-from conftest import photo, run_cli, save_photo
+from conftest import photo, photos_of_sizes, run_cli, save_photo
 from PIL import Image
+
+from catsdogs.config import InferenceSettings
+from catsdogs.data.images import load_image
+from catsdogs.errors import CatsDogsError, RunError
+from catsdogs.explain import GradCAM, explain_image
+from catsdogs.export import TOLERANCE
+from catsdogs.predict import Predictor
+from catsdogs.serve.app import create_app
 
 with warnings.catch_warnings():  # Starlette prefers httpx2; the project pins httpx
     warnings.simplefilter("ignore")
@@ -38,8 +46,6 @@ def upload(*items: tuple[str, bytes]) -> list:
 
 @pytest.fixture(scope="module")
 def app(tiny_run):
-    from catsdogs.serve.app import create_app
-
     return create_app(str(tiny_run), max_upload_mb=MAX_MB, max_files=MAX_FILES)
 
 
@@ -51,8 +57,6 @@ def client(app):
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
-    from catsdogs.predict import Predictor
-
     return Predictor.from_run(str(tiny_run))
 
 
@@ -72,7 +76,11 @@ def test_model_metadata(client, tiny_run):
     assert m["image_size"] == cfg["image_size"] == 32
     assert m["model"] == cfg["model"]
     assert m["classes"] == ["cat", "dog"]
-    assert m["threshold"] == cfg["threshold"]
+    assert m["threshold"] == cfg["inference"]["threshold"] == 0.5
+    assert m["test_time_flips"] is cfg["inference"]["tta"] is False
+    assert m["engine"] == "keras"  # the run has no exports
+    assert m["labels"] == ["cat", "dog", "other"]
+    assert m["ood_threshold"] is None  # the tiny run's rejection is off (conftest)
     assert m["metrics"]["accuracy"] == metrics["accuracy"]
     assert m["metrics"]["confusion_matrix"] == metrics["confusion_matrix"]
     assert "source" not in m["metrics"]  # no server paths leak
@@ -108,9 +116,10 @@ def test_predict_one_and_many_in_order(client, predictor):
     assert [x["filename"] for x in results] == ["cat.png", "dog.png"]
     expected = predictor.predict_sources([cat, dog], ["cat.png", "dog.png"])
     for got, want in zip(results, expected, strict=True):
-        assert set(got) == {"filename", "label", "p_dog", "p_cat"}
+        assert set(got) == {"filename", "label", "p_dog", "p_cat", "ood_score"}
         assert got["label"] == want.label
         assert got["p_dog"] == pytest.approx(want.p_dog, abs=1e-6)
+        assert got["ood_score"] == pytest.approx(want.ood_score, abs=1e-6)
         assert got["p_cat"] == pytest.approx(1 - got["p_dog"], abs=1e-9)
     assert [x["label"] for x in results] == ["cat", "dog"]  # the tiny model learnt these
 
@@ -342,9 +351,6 @@ def test_api_matches_cli_predict(client, tiny_run, tmp_path):
 
 
 def test_create_app_rejects_bad_run_and_limits(tmp_path, tiny_run):
-    from catsdogs.errors import CatsDogsError, RunError
-    from catsdogs.serve.app import create_app
-
     with pytest.raises(RunError):
         create_app(str(tmp_path / "missing"))
     with pytest.raises(CatsDogsError):
@@ -355,10 +361,6 @@ def test_create_app_rejects_bad_run_and_limits(tmp_path, tiny_run):
 
 def test_heatmap_overlay_matches_explain_module(client, tiny_run):
     """The API's heatmap is the Grad-CAM overlay of :mod:`catsdogs.explain` for that photo."""
-    from catsdogs.data.images import load_image
-    from catsdogs.explain import GradCAM, explain_image
-    from catsdogs.predict import Predictor
-
     data = png(0, 30, size=(64, 48))
     p = Predictor.from_run(str(tiny_run), engine="keras")
     want = explain_image(p, GradCAM(p.engine.model), load_image(data), "x").overlay
@@ -367,3 +369,48 @@ def test_heatmap_overlay_matches_explain_module(client, tiny_run):
         r.json()["results"][0]["heatmap_png_base64"]))))
     assert got.shape == want.shape
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_inference_settings_can_be_overridden_per_server(tiny_run):
+    """``serve --threshold/--tta``: create_app's overrides (or a whole InferenceSettings) change
+    the answers and what /api/v1/model reports; the run folder is not changed."""
+    data = png(1, 50)
+    plain = Predictor.from_run(str(tiny_run)).predict_sources([data], ["d.png"])[0]
+    assert plain.label == "dog"
+    above = min(1.0, plain.p_dog + (1 - plain.p_dog) / 2)
+    config_before = (tiny_run / "config.json").read_text()
+    with TestClient(create_app(str(tiny_run), threshold=above, tta=True)) as c:
+        meta = c.get("/api/v1/model").json()
+        assert meta["threshold"] == above and meta["test_time_flips"] is True
+        (got,) = c.post("/api/v1/predict", files=upload(("d.png", data))).json()["results"]
+    flipped = Predictor.from_run(str(tiny_run), tta=True).predict_sources([data], ["d.png"])[0]
+    assert got["p_dog"] == pytest.approx(flipped.p_dog, abs=1e-6)
+    assert got["label"] == ("dog" if flipped.p_dog >= above else "cat")
+    settings = InferenceSettings(threshold=above, tta=False, engine="keras")
+    with TestClient(create_app(str(tiny_run), settings=settings)) as c:
+        (got,) = c.post("/api/v1/predict", files=upload(("d.png", data))).json()["results"]
+        assert c.get("/api/v1/model").json()["threshold"] == above
+    assert got["label"] == "cat" and got["p_dog"] == pytest.approx(plain.p_dog, abs=1e-6)
+    assert (tiny_run / "config.json").read_text() == config_before
+
+
+def test_serve_uses_export_and_matches_keras(exported):
+    """The HTTP API answers with the exported engine (reported in /api/v1/model) and the same
+    P(dog) as the Keras model; Grad-CAM heatmaps still work (they use model.keras)."""
+    images = photos_of_sizes(4, seed=40)
+    files = []
+    for i, im in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        files.append(("files", (f"{i}.png", buf.getvalue(), "image/png")))
+    expected = Predictor.from_run(str(exported), engine="keras").predict_images(images)
+    for engine in ("auto", "onnx"):
+        with TestClient(create_app(str(exported), engine=engine)) as client:
+            meta = client.get("/api/v1/model").json()
+            assert meta["engine"] == ("tflite" if engine == "auto" else engine)
+            res = client.post("/api/v1/predict?explain=true", files=files)
+            assert res.status_code == 200
+            items = res.json()["results"]
+            got = np.array([r["p_dog"] for r in items])
+            assert np.max(np.abs(got - expected)) <= TOLERANCE
+            assert all(r["heatmap_png_base64"] for r in items)

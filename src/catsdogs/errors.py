@@ -43,3 +43,20 @@ class DataError(CatsDogsError):
 
 class RunError(CatsDogsError):
     """A run folder is missing, incomplete, or would be overwritten."""
+
+
+class ConfigError(CatsDogsError, ValueError):
+    """A setting has a bad name or value (an unknown preset, model, engine, …)."""
+
+
+class TrainingInterrupted(RunError):
+    """Training was stopped by Ctrl-C; the last completed epoch is saved and can be resumed.
+
+    Args:
+        run: the run folder.
+        backup: the folder that holds the resumable state.
+    """
+
+    def __init__(self, run: str, backup: str):
+        super().__init__(f"interrupted; the last completed epoch is saved in {backup}. "
+                         f"Resume with: catsdogs train --out {run} --resume")

@@ -1,4 +1,4 @@
-"""Evaluation: metrics (scikit-learn), plots and the Markdown report of a run.
+"""Evaluation: metrics (scikit-learn), predictions, plots and the report of a run.
 
 ``evaluate_run(RUN)`` scores the run's test split (written into ``RUN/``);
 ``evaluate_run(RUN, data=DIR)`` scores every readable photo of another labelled folder (written
@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import re
 
 import numpy as np
 from sklearn.metrics import (
@@ -23,18 +21,37 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from tqdm.auto import tqdm
 
-from catsdogs import CLASSES, plots
-from catsdogs.config import TrainConfig
+from catsdogs import plots
+from catsdogs.config import InferenceSettings, TrainConfig
+from catsdogs.constants import CLASSES
 from catsdogs.data.images import load_image
-from catsdogs.data.pipeline import make_dataset
-from catsdogs.data.scan import scan_folder, summary_lines
+from catsdogs.data.scan import ScanResult, scan_folder, summary_lines
 from catsdogs.data.split import load_split, select
+from catsdogs.engines import KerasEngine, load_config, load_engine
 from catsdogs.errors import display_path
 from catsdogs.io import atomic_write_text
-from catsdogs.predict import Predictor
-from catsdogs.run import load_model
+from catsdogs.predict import Predictor, classify_files
+from catsdogs.rejection import evaluate_rejection, format_rejection
+from catsdogs.report import format_metrics, write_report
+from catsdogs.runfolder import (
+    CONFUSION_PLOT,
+    HISTORY_FILE,
+    HISTORY_PLOT,
+    METRICS_FILE,
+    MISTAKES_PLOT,
+    PLOTS_DIR,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    ROC_PLOT,
+    SAMPLES_PLOT,
+    SCAN_FILE,
+    SPLITS_FILE,
+    eval_dir,
+    read_history,
+    run_file,
+    write_json,
+)
 
 
 def compute_metrics(y_true, p_dog, threshold: float = 0.5) -> dict:
@@ -71,21 +88,18 @@ def compute_metrics(y_true, p_dog, threshold: float = 0.5) -> dict:
     }
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "data"
-
-
-def _write_predictions(path: str, paths: list[str], labels: list[int], probs, threshold) -> None:
+def _write_predictions(file: str, paths: list[str], labels: list[int], probs, threshold) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "true", "predicted", "p_dog", "correct"])
     for p, y, q in zip(paths, labels, probs, strict=True):
         pred = int(q >= threshold)
         w.writerow([display_path(p), CLASSES[y], CLASSES[pred], f"{q:.6f}", int(pred == y)])
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_text(file, buf.getvalue())
 
 
 def _grids(paths, labels, probs, threshold, plot_dir, seed=0, n=18):
+    """The sample-predictions and most-confident-mistakes image grids."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     preds = (probs >= threshold).astype(int)
@@ -100,125 +114,104 @@ def _grids(paths, labels, probs, threshold, plot_dir, seed=0, n=18):
     sample = rng.choice(len(paths), size=min(n, len(paths)), replace=False)
     plots.plot_image_grid(show(sample), [title(i) for i in sample],
                           [bool(preds[i] == labels[i]) for i in sample],
-                          os.path.join(plot_dir, "samples.png"),
+                          run_file(plot_dir, SAMPLES_PLOT),
                           "Sample predictions (green = correct, red = wrong)")
     wrong = np.flatnonzero(preds != labels)
     worst = wrong[np.argsort(-confidence[wrong])][:n]
     plots.plot_image_grid(show(worst), [title(i) for i in worst], [False] * len(worst),
-                          os.path.join(plot_dir, "mistakes.png"),
+                          run_file(plot_dir, MISTAKES_PLOT),
                           "Most confident mistakes")
 
 
-def evaluate_run(run: str, data: str | None = None, *, model=None,
-                 progress: bool = True) -> dict:
+def _test_split(run: str) -> tuple[list[str], list[int], dict]:
+    """The run's test split: paths, labels and the ``source`` record for ``metrics.json``."""
+    paths, labels = select(load_split(run_file(run, SPLITS_FILE)), "test")
+    return paths, labels, {"split": "test", "splits_file": run_file(run, SPLITS_FILE)}
+
+
+def _other_folder(data: str, out_dir: str, progress: bool
+                  ) -> tuple[list[str], list[int], dict, ScanResult]:
+    """Every readable photo of another labelled folder (scanned, reported in ``out_dir``)."""
+    result = scan_folder(data, progress=progress)
+    result.check_usable()
+    for line in summary_lines(result):
+        print(line)
+    os.makedirs(out_dir, exist_ok=True)
+    result.write_json(run_file(out_dir, SCAN_FILE))
+    source = {"folder": display_path(os.path.abspath(data)),
+              "skipped_files": len(result.skipped)}
+    return ([p.path for p in result.photos], [p.label for p in result.photos], source, result)
+
+
+def _predictor(run: str, cfg: TrainConfig, model, settings: InferenceSettings) -> Predictor:
+    """The given model, or the run's model by ``settings.engine`` (``auto`` means the Keras
+    model here: evaluation is the reference an export is checked against), with ``settings``'
+    threshold and test-time flips."""
+    if model is not None:
+        engine = KerasEngine(model)
+    else:
+        engine = load_engine(run, "keras" if settings.engine == "auto" else settings.engine)[0]
+    return Predictor(engine, cfg.image_size, settings.threshold, tta=settings.tta,
+                     ood_threshold=settings.ood_threshold)
+
+
+def evaluate_run(run: str, data: str | None = None, *, model=None, progress: bool = True,
+                 settings: InferenceSettings | None = None) -> dict:
     """Score a run on its test split (``data=None``) or on another labelled folder.
 
     Writes ``metrics.json``, ``predictions.csv``, plots and ``report.md`` into ``run`` (test
-    split) or ``run/eval-<name>`` (other folder), and returns the metrics.
+    split) or ``run/eval-<name>`` (other folder), and returns the metrics. On the test split
+    the metrics also hold ``ood``: how well photos that are neither a cat nor a dog are
+    rejected (:func:`catsdogs.rejection.evaluate_rejection`).
+
+    Args:
+        run: a finished run folder.
+        data: another labelled folder to score instead of the test split.
+        model: the run's Keras model when already in memory (else it is loaded, safe mode).
+        progress: show a progress bar.
+        settings: threshold, test-time flips and engine (default: the run's own).
 
     Raises:
         RunError: not a finished run folder. DataError: ``data`` is unusable.
     """
-    cfg = TrainConfig.load(run)
-    model = model if model is not None else load_model(os.path.join(run, "model.keras"))
-    predictor = Predictor(model, cfg.image_size, cfg.threshold, tta=cfg.tta)
-    scan_info = None
+    cfg = load_config(run)
+    settings = settings or cfg.inference
+    predictor = _predictor(run, cfg, model, settings)
+    scan = None
     if data is None:
         out_dir = run
-        paths, labels = select(load_split(os.path.join(run, "splits.csv")), "test")
-        source = {"split": "test", "splits_file": os.path.join(run, "splits.csv")}
+        paths, labels, source = _test_split(run)
     else:
-        result = scan_folder(data, progress=progress)
-        result.check_usable()
-        for line in summary_lines(result):
-            print(line)
-        out_dir = os.path.join(run, f"eval-{_slug(os.path.basename(os.path.abspath(data)))}")
-        os.makedirs(out_dir, exist_ok=True)
-        result.write_json(os.path.join(out_dir, "scan.json"))
-        paths = [p.path for p in result.photos]
-        labels = [p.label for p in result.photos]
-        source = {"folder": display_path(os.path.abspath(data)),
-                  "skipped_files": len(result.skipped)}
-        scan_info = result
-    ds = make_dataset(paths, None, cfg.image_size, 64, cache=False)
-    probs = np.concatenate([predictor.predict_prepared(x.numpy()) for x in
-                            tqdm(ds, desc="evaluate", unit="batch", disable=not progress,
-                                 leave=False)]) if paths else np.zeros(0)
-    metrics = compute_metrics(labels, probs, cfg.threshold)
-    metrics["test_time_flips"] = bool(cfg.tta)
+        out_dir = eval_dir(run, data)
+        paths, labels, source, scan = _other_folder(data, out_dir, progress)
+    outputs = classify_files(predictor, paths, progress)
+    probs = outputs[:, 0]
+    metrics = compute_metrics(labels, probs, settings.threshold)
+    metrics["test_time_flips"] = bool(settings.tta)
     metrics["source"] = source
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2))
-    _write_predictions(os.path.join(out_dir, "predictions.csv"), paths, labels, probs,
-                       cfg.threshold)
-    plot_dir = os.path.join(out_dir, "plots")
-    os.makedirs(plot_dir, exist_ok=True)
-    from catsdogs.train import HISTORY_FILE, read_history
-
-    history = read_history(os.path.join(run, HISTORY_FILE))
-    if data is None and history:
-        plots.plot_history(history, os.path.join(plot_dir, "history.png"))
-    plots.plot_confusion_matrix(np.array(metrics["confusion_matrix"]),
-                                os.path.join(plot_dir, "confusion_matrix.png"))
-    plots.plot_roc(np.asarray(labels), probs, os.path.join(plot_dir, "roc.png"))
-    _grids(paths, labels, probs, cfg.threshold, plot_dir, seed=cfg.seed)
-    write_report(out_dir, cfg, metrics, history if data is None else [], scan_info)
-    print(format_metrics(metrics, title=f"{'test split' if data is None else display_path(data)}"))
-    print(f"Report: {os.path.join(out_dir, 'report.md')}")
+    _write_predictions(run_file(out_dir, PREDICTIONS_FILE), paths, labels, probs,
+                       settings.threshold)
+    history = read_history(run_file(run, HISTORY_FILE)) if data is None else []
+    _plots(run_file(out_dir, PLOTS_DIR), paths, labels, probs, metrics, history, cfg.seed)
+    if data is None:
+        metrics["ood"] = evaluate_rejection(run, cfg, predictor, outputs,
+                                            run_file(out_dir, PLOTS_DIR), progress)
+    write_json(run_file(out_dir, METRICS_FILE), metrics)
+    write_report(out_dir, cfg, metrics, history, scan)
+    print(format_metrics(metrics, title="test split" if data is None else display_path(data)))
+    if data is None:
+        print(format_rejection(metrics["ood"]))
+    print(f"Report: {run_file(out_dir, REPORT_FILE)}")
     return metrics
 
 
-def format_metrics(m: dict, title: str = "") -> str:
-    """A short plain-text summary of :func:`compute_metrics` output."""
-    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    cm = m["confusion_matrix"]
-    return (f"{title}: n={m['n']}  accuracy={m['accuracy']:.4f}  precision={m['precision']:.4f}  "
-            f"recall={m['recall']:.4f}  F1={m['f1']:.4f}  ROC AUC={auc}\n"
-            f"  confusion matrix (rows true cat/dog, columns predicted): {cm}")
-
-
-def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict], scan=None) -> None:
-    """Write ``report.md``: settings, data, metrics table, per-class table and the plots."""
-    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    src = m["source"]
-    where = (f"the run's test split ({m['n']} photos, read once)" if "split" in src
-             else f"every readable photo in `{src['folder']}` ({m['n']} photos, "
-                  f"{src['skipped_files']} files skipped)")
-    flips = ("; P(dog) averaged over each photo and its mirror image (test-time flips)"
-             if m.get("test_time_flips") else "")
-    trained_at = (f" (trained at {' → '.join(f'{s} px' for s in cfg.train_sizes)})"
-                  if cfg.train_sizes else "")
-    lines = [f"# catsdogs report: `{os.path.basename(os.path.abspath(cfg.out or out_dir))}`", "",
-             f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px"
-             f"{trained_at}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
-             f"lr {cfg.learning_rate} ({cfg.schedule}), augmentation `{cfg.augmentation}`, "
-             f"seed {cfg.seed}.", "",
-             f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}{flips}.",
-             "",
-             "| metric | value |", "| --- | --- |",
-             f"| accuracy | {m['accuracy']:.4f} |", f"| precision | {m['precision']:.4f} |",
-             f"| recall | {m['recall']:.4f} |", f"| F1 | {m['f1']:.4f} |",
-             f"| ROC AUC | {auc} |", "",
-             "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-    for name, v in m["per_class"].items():
-        lines.append(f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
-                     f"{v['support']} |")
+def _plots(plot_dir: str, paths, labels, probs, metrics: dict, history: list[dict],
+           seed: int) -> None:
+    """Every plot of an evaluation into ``plot_dir``."""
+    os.makedirs(plot_dir, exist_ok=True)
     if history:
-        from catsdogs.train import validated_rows
-
-        validated = validated_rows(history)
-        text = (f"Trained {len(history)} epochs in {float(history[-1]['elapsed']) / 60:.1f} "
-                f"minutes, validated after {len(validated)} of them")
-        if validated:
-            best = min(validated, key=lambda r: float(r["val_loss"]))
-            text += (f"; best validation loss {float(best['val_loss']):.4f} at epoch "
-                     f"{best['epoch']} (validation accuracy {float(best['val_accuracy']):.4f}); "
-                     "those weights are the saved model")
-        lines += ["", text + ".", "", "## Training curves", "",
-                  "![training curves](plots/history.png)"]
-    if scan is not None:
-        lines += ["", "## Data", "", "```", *summary_lines(scan)[:60], "```"]
-    lines += ["", "## Confusion matrix and ROC curve", "",
-              "![confusion matrix](plots/confusion_matrix.png) ![ROC curve](plots/roc.png)", "",
-              "## Sample predictions", "", "![samples](plots/samples.png)", "",
-              "## Most confident mistakes", "", "![mistakes](plots/mistakes.png)", ""]
-    atomic_write_text(os.path.join(out_dir, "report.md"), "\n".join(lines))
+        plots.plot_history(history, run_file(plot_dir, HISTORY_PLOT))
+    plots.plot_confusion_matrix(np.array(metrics["confusion_matrix"]),
+                                run_file(plot_dir, CONFUSION_PLOT))
+    plots.plot_roc(np.asarray(labels), probs, run_file(plot_dir, ROC_PLOT))
+    _grids(paths, labels, probs, metrics["threshold"], plot_dir, seed=seed)

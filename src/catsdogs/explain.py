@@ -14,7 +14,8 @@ P(dog) = sigmoid(z), so the dog score is ``z`` and the cat score is ``-z`` (P(ca
 by default the predicted class is explained.
 
 The photo goes through exactly the preprocessing of :mod:`catsdogs.predict` (decode with
-:func:`catsdogs.data.images.load_image`, resize with :func:`catsdogs.predict.prepare`); the heatmap
+:func:`catsdogs.data.images.load_image`, resize with :func:`catsdogs.data.preprocess.prepare`);
+the heatmap
 is then resized back to the photo's own size, which also undoes the square resize's stretch.
 """
 
@@ -25,15 +26,17 @@ import threading
 from dataclasses import dataclass
 
 import keras
+import matplotlib
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-import catsdogs.models  # noqa: F401 - registers the custom layers model.keras files use
+from catsdogs.constants import CLASSES
 from catsdogs.data.images import load_image
+from catsdogs.data.preprocess import prepare
 from catsdogs.errors import CatsDogsError, RunError
 from catsdogs.io import atomic_path
-from catsdogs.predict import Predictor, prepare
+from catsdogs.predict import Predictor
 
 FEATURES_LAYER = "features"
 LOGITS_LAYER = "logits"
@@ -67,7 +70,7 @@ class GradCAM:
     Args:
         model: a catsdogs model (layers ``"features"`` and ``"logits"``).
         lock: lock held around every model call; pass the ``lock`` of the
-            :class:`~catsdogs.predict.KerasEngine` that shares ``model`` to serialise with its
+            :class:`~catsdogs.engines.KerasEngine` that shares ``model`` to serialise with its
             predictions (Keras layers are not re-entrant).
     """
 
@@ -94,8 +97,8 @@ class GradCAM:
 
         Args:
             prepared_image: ``(image_size, image_size, 3) uint8`` from
-                :func:`catsdogs.predict.prepare` (any ``(H, W, 3)`` 0–255 array works: the
-                model resizes it).
+                :func:`catsdogs.data.preprocess.prepare` (any ``(H, W, 3)`` 0–255 array works:
+                the model resizes it).
             target: ``"dog"``, ``"cat"`` or None for the predicted class (``logit >= 0`` is
                 dog, i.e. the 0.5 threshold).
 
@@ -128,7 +131,7 @@ def gradcam(model: keras.Model, prepared_image: np.ndarray, target: str | None =
     Args:
         model: a catsdogs model (layers ``"features"`` and ``"logits"``).
         prepared_image: ``(image_size, image_size, 3) uint8`` (from
-            :func:`catsdogs.predict.prepare`).
+            :func:`catsdogs.data.preprocess.prepare`).
         target: ``"dog"``, ``"cat"`` or None (the predicted class).
 
     Returns:
@@ -150,8 +153,6 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA
     Returns:
         ``(H, W, 3) uint8`` RGB overlay, the size of ``image``.
     """
-    import matplotlib
-
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
     image = np.asarray(image, dtype=np.uint8)
@@ -184,7 +185,7 @@ class Explanation:
 
     Attributes:
         path: the photo's name (path or upload name).
-        label: predicted class, ``"cat"`` or ``"dog"``.
+        label: predicted label, ``"cat"``, ``"dog"`` or ``"other"``.
         p_dog: P(dog), 0–1, identical to ``catsdogs predict``'s.
         heatmap: ``(h, w) float32`` Grad-CAM in [0, 1] for the predicted class.
         overlay: ``(H, W, 3) uint8`` heatmap blended over the photo, at the photo's size.
@@ -204,7 +205,7 @@ class Explanation:
 
 def explain_image(predictor: Predictor, cam: GradCAM, image: np.ndarray, name: str,
                   p_dog: float | None = None, alpha: float = DEFAULT_ALPHA,
-                  max_side: int | None = None) -> Explanation:
+                  max_side: int | None = None, label: str | None = None) -> Explanation:
     """Classify and explain one decoded photo.
 
     Args:
@@ -212,24 +213,41 @@ def explain_image(predictor: Predictor, cam: GradCAM, image: np.ndarray, name: s
         cam: a :class:`GradCAM` for the run's Keras model.
         image: ``(H, W, 3) uint8`` from :func:`catsdogs.data.images.load_image`.
         name: the photo's name in the result.
-        p_dog: P(dog) when already known (skips a second prediction).
+        p_dog: P(dog) when already known (with ``label``: skips a second prediction).
         alpha: overlay heatmap weight (see :func:`overlay`).
         max_side: when given, the overlay is drawn on a copy of the photo shrunk (aspect kept)
             so neither side exceeds it; the heatmap itself always comes from the full photo.
+        label: the predicted label when already known (``"cat"``, ``"dog"`` or ``"other"``).
 
     Returns:
         :class:`Explanation`; the heatmap explains the predicted label.
     """
-    if p_dog is None:
-        p_dog = float(predictor.predict_images([image])[0])
-    label = predictor.label(p_dog)
-    heat, _ = cam(prepare(image, predictor.image_size), target=label)
+    if p_dog is None or label is None:
+        prediction = predictor.prediction(name, predictor.outputs_images([image])[0])
+        p_dog, label = prediction.p_dog, prediction.label
+    # an "other" photo is explained for the side (cat or dog) its P(dog) leans to
+    heat, _ = cam(prepare(image, predictor.image_size),
+                  target=label if label in CLASSES else None)
     shown = image
     if max_side and max(image.shape[:2]) > max_side:
         small = Image.fromarray(np.ascontiguousarray(image, np.uint8))
         small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         shown = np.asarray(small, np.uint8)
     return Explanation(name, label, p_dog, heat, overlay(shown, heat, alpha))
+
+
+def write_png(out_png: str, image: np.ndarray) -> None:
+    """Write an ``(H, W, 3) uint8`` image as a PNG file, atomically.
+
+    Raises:
+        CatsDogsError: the file cannot be written.
+    """
+    data = png_bytes(image)
+    try:
+        with atomic_path(out_png) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise CatsDogsError(f"{out_png}: cannot write ({exc.strerror or exc})") from None
 
 
 def explain_to_file(run: str, image_path: str, out_png: str,
@@ -255,14 +273,9 @@ def explain_to_file(run: str, image_path: str, out_png: str,
     image = load_image(image_path)  # raises ImageError before anything is written
     result = explain_image(predictor, GradCAM(predictor.engine.model), image, str(image_path),
                            alpha=alpha)
-    data = png_bytes(result.overlay)
-    try:
-        with atomic_path(out_png) as tmp, open(tmp, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise CatsDogsError(f"{out_png}: cannot write ({exc.strerror or exc})") from None
+    write_png(out_png, result.overlay)
     return result
 
 
 __all__ = ["GradCAM", "Explanation", "gradcam", "gradcam_model", "overlay",
-           "png_bytes", "explain_image", "explain_to_file"]
+           "png_bytes", "write_png", "explain_image", "explain_to_file"]

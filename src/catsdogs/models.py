@@ -5,15 +5,25 @@ Every model takes raw RGB images of any size, ``(batch, height, width, 3)`` with
 rescales to 0–1, and outputs P(dog) = sigmoid(logit), ``(batch, 1) float32``. Resizing and
 rescaling live inside the saved model, so ``model.keras`` alone classifies a photo.
 
-Each model names its last convolutional feature map layer ``"features"`` (for Grad-CAM).
+Each model names its last convolutional feature map layer ``"features"`` and its dog logit
+``"logits"`` (for Grad-CAM). Built with ``pet_head=True`` (training with ``--other``), a model
+also answers P(pet), "a cat or a dog at all", from a second logit: its output is then
+``(batch, 2)``, [P(dog), P(pet)].
 """
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections.abc import Callable
 
 import keras
 from keras import layers
+
+from catsdogs.errors import ConfigError, RunError
+
+PET_COLUMN = 1
+"""Column of P(pet) in the output of a model built with ``pet_head=True``."""
 
 ModelFn = Callable[..., keras.Model]
 _REGISTRY: dict[str, ModelFn] = {}
@@ -43,10 +53,10 @@ def build_model(name: str, image_size: int, **kwargs) -> keras.Model:
         **kwargs: builder-specific options (e.g. ``widths`` for ``resnet``).
 
     Raises:
-        ValueError: unknown name.
+        ConfigError: unknown name (a ``ValueError``).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {available_models()}")
+        raise ConfigError(f"unknown model {name!r}; choose one of {available_models()}")
     return _REGISTRY[name](image_size=image_size, **kwargs)
 
 
@@ -56,7 +66,7 @@ class Resize(layers.Resizing):
     has the target size (known statically when the graph is traced).
 
     The training pipeline feeds images already resized by the same operation
-    (:func:`catsdogs.data.pipeline.resize`), so skipping is exact, and it keeps the
+    (:func:`catsdogs.data.preprocess.resize`), so skipping is exact, and it keeps the
     antialiased resize (not supported by XLA) out of the ``jit_compile``d training step.
     Raw images of any other size are resized as usual.
 
@@ -87,13 +97,20 @@ def preprocessing_head(image_size: int) -> tuple[keras.KerasTensor, keras.KerasT
     return inputs, x
 
 
-def _sigmoid_output(x: keras.KerasTensor) -> keras.KerasTensor:
+def _sigmoid_output(x: keras.KerasTensor, pet_head: bool = False) -> keras.KerasTensor:
+    """P(dog) = sigmoid(logit), ``(batch, 1)``; with ``pet_head`` also P(pet) from a second
+    logit on the same features, ``(batch, 2)`` = [P(dog), P(pet)] (:data:`PET_COLUMN`)."""
     logits = layers.Dense(1, name="logits", dtype="float32")(x)
-    return layers.Activation("sigmoid", name="p_dog", dtype="float32")(logits)
+    p_dog = layers.Activation("sigmoid", name="p_dog", dtype="float32")(logits)
+    if not pet_head:
+        return p_dog
+    pet_logits = layers.Dense(1, name="pet_logits", dtype="float32")(x)
+    p_pet = layers.Activation("sigmoid", name="p_pet", dtype="float32")(pet_logits)
+    return layers.Concatenate(name="outputs", dtype="float32")([p_dog, p_pet])
 
 
 @register("baseline")
-def baseline(image_size: int = 64) -> keras.Model:
+def baseline(image_size: int = 64, pet_head: bool = False) -> keras.Model:
     """The classic Keras cats-vs-dogs tutorial CNN, layer for layer.
 
     Conv2D(32, 3×3, ReLU) → MaxPool(2×2, stride 2) → Conv2D(32, 3×3, ReLU) → MaxPool(2×2,
@@ -109,7 +126,7 @@ def baseline(image_size: int = 64) -> keras.Model:
     x = layers.MaxPooling2D(pool_size=2, strides=2, name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="fc")(x)
-    return keras.Model(inputs, _sigmoid_output(x), name="baseline")
+    return keras.Model(inputs, _sigmoid_output(x, pet_head), name="baseline")
 
 
 def _conv_bn(x, filters: int, kernel: int = 3, strides: int = 1, act: bool = True, name=""):
@@ -140,7 +157,7 @@ def _basic_block(x, filters: int, strides: int, name: str):
 @register("resnet")
 def resnet(image_size: int = 128, widths: tuple[int, ...] = (32, 64, 128, 256),
            blocks: tuple[int, ...] = (1, 1, 2, 1), stem: int = 24,
-           dropout: float = 0.2) -> keras.Model:
+           dropout: float = 0.2, pet_head: bool = False) -> keras.Model:
     """Our from-scratch residual CNN for small CPUs.
 
     A stride-2 3×3 stem, then one stage per entry of ``widths`` (the first block of each stage
@@ -157,4 +174,28 @@ def resnet(image_size: int = 128, widths: tuple[int, ...] = (32, 64, 128, 256),
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, _sigmoid_output(x), name="resnet")
+    return keras.Model(inputs, _sigmoid_output(x, pet_head), name="resnet")
+
+
+def load_model(path: str) -> keras.Model:
+    """Load a ``.keras`` model file safely.
+
+    Uses ``keras.saving.load_model(..., safe_mode=True, compile=False)``: a file with a
+    ``Lambda`` layer (arbitrary Python code) is refused, never executed. This module's custom
+    layers (:class:`Resize`) are registered by importing it.
+
+    Raises:
+        RunError: missing file, not a ``.keras`` archive, or refused/unloadable content.
+    """
+    if not os.path.isfile(path):
+        raise RunError(f"{path}: no model file (train the run first)")
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{path}: not a Keras model file (.keras is a zip archive)")
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad archives
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "safe_mode" in str(exc) or "Lambda" in str(exc):
+            raise RunError(f"{path}: refused to load: the model contains Python code (a Lambda "
+                           "layer), which safe mode does not execute") from None
+        raise RunError(f"{path}: cannot load model ({type(exc).__name__}: {text[:200]})") from None

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from sklearn.metrics import RocCurveDisplay  # noqa: E402
 
-from catsdogs import CLASSES  # noqa: E402
+from catsdogs.constants import CLASSES  # noqa: E402
 from catsdogs.io import atomic_path  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -89,4 +89,25 @@ def plot_image_grid(images: list[np.ndarray], titles: list[str], correct: list[b
     if not images:
         axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
     fig.suptitle(suptitle)
+    _save(fig, path)
+
+
+def plot_ood(groups: dict[str, np.ndarray], threshold: float | None, path: str) -> None:
+    """Histograms of the OOD score (:func:`catsdogs.ood.ood_score`) per group of photos
+    (``"cats and dogs"`` first, then each kind of other photo), each normalised to its own
+    count, with the rejection threshold as a vertical line."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bins = np.linspace(0.0, 1.0, 41)
+    for name, scores in groups.items():
+        if len(scores):
+            ax.hist(scores, bins=bins, histtype="step", linewidth=1.8, density=True,
+                    label=f"{name} ({len(scores)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--",
+                   label=f"threshold {threshold:.3f} (above: other)")
+    ax.set_xlabel("OOD score = 1 − |2·P(dog) − 1|")
+    ax.set_ylabel("density")
+    ax.set_yscale("log")
+    ax.set_title("Cats and dogs vs other photos")
+    ax.legend(fontsize=8)
     _save(fig, path)

@@ -11,8 +11,7 @@ every photo anyway to validate it, keeps each one resized (:class:`ResizedPhotos
 The pipeline runs with tf.data's autotuner switched off and fixed parallelism (one ``map`` call
 per CPU core, two batches prefetched); see :func:`pipeline_options` for why.
 
-Resizing uses :func:`resize`, the same operation as the model's own ``Resizing`` layer (bilinear,
-antialiased), so a photo resized here and a raw photo resized inside the model agree.
+Resizing is :func:`catsdogs.data.preprocess.resize_uint8`, the same code predict and serve use.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from catsdogs.data.images import load_image
+from catsdogs.data.preprocess import resize_uint8
 
 PREFETCH_BATCHES = 2
 """Batches prepared ahead of the model (``Dataset.prefetch``)."""
@@ -43,41 +43,14 @@ def pipeline_options() -> tf.data.Options:
     Why no autotuning: with ``AUTOTUNE``, each iterator runs a model thread that re-tunes
     after waits that double up to a minute (``Model::OptimizeLoop`` in TensorFlow's
     ``core/framework/model.cc``). Keras creates a new iterator every epoch, and destroying the
-    previous one waited for that thread, so training sat idle for 5–35 s at the start of most
-    epochs (2-core CPU, TensorFlow 2.21: 0 % CPU, main thread blocked in
-    ``RootDataset::Iterator::~Iterator``; seen with ``gdb``). A standalone tf.data loop with
-    iterators as long-lived did not stall, so the trigger inside TensorFlow is not pinned down;
-    switching autotuning off removed every stall in the same training run. Fixed parallelism
-    is enough here: decoding runs once per run (the cache), and with these settings the
-    benchmark's decode-and-resize pipeline ran 1,320 photos/s, 3.9× the ``default`` preset's
-    training rate (README, "Measured results").
+    previous one waited for that thread, so training sat idle for seconds at the start of most
+    epochs (main thread blocked in ``RootDataset::Iterator::~Iterator``). Fixed parallelism is
+    enough: decoding runs once per run (the cache). Measurements: docs/recipes.md.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True
     return options
-
-
-def resize(images: tf.Tensor | np.ndarray, image_size: int) -> tf.Tensor:
-    """Resize to ``image_size`` × ``image_size`` pixels, bilinear with antialiasing.
-
-    Args:
-        images: ``(height, width, 3)`` or ``(batch, height, width, 3)``, any real dtype, 0–255.
-        image_size: output side in pixels.
-
-    Returns:
-        ``float32`` tensor of the same rank with spatial size ``(image_size, image_size)``;
-        values stay in 0–255. Identical to ``keras.layers.Resizing(image_size, image_size,
-        interpolation="bilinear", antialias=True)``.
-    """
-    return tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size),
-                           method="bilinear", antialias=True)
-
-
-def resize_uint8(images: tf.Tensor | np.ndarray, image_size: int) -> tf.Tensor:
-    """:func:`resize`, then rounded and clipped back to ``uint8``: the exact pixels a model is fed
-    for a photo, in training (where they are cached) and in prediction alike."""
-    return tf.cast(tf.round(tf.clip_by_value(resize(images, image_size), 0.0, 255.0)), tf.uint8)
 
 
 class ResizedPhotos:
@@ -87,8 +60,8 @@ class ResizedPhotos:
     threads; it is the ``keep`` that training passes to
     :func:`catsdogs.data.scan.scan_folder`. Photos of equal shape are resized together, up to
     ``batch_size`` at a time, with :func:`resize_uint8` (per photo the same pixels as
-    :func:`load_resized`; a test checks this): one batched call here cost 0.35 ms per 180×180
-    photo against 0.68 ms for one call per photo (2-core CPU). The resize runs in TensorFlow's
+    :func:`load_resized`; a test checks this): one batched call costs about half as much per
+    photo as one call per photo. The resize runs in TensorFlow's
     own threads without the GIL, alongside the scan's Pillow decoding. At most about
     ``max_pending_bytes`` of full-size pixels wait for a batch (larger photos are resized at
     once).
@@ -154,15 +127,44 @@ def load_resized(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return resize_uint8(image, image_size)
 
 
+def _photos(paths: list[str], image_size: int, images: np.ndarray | None, cache: bool,
+            calls: int) -> tuple[tf.data.Dataset, bool]:
+    """Unbatched ``(image_size, image_size, 3) uint8`` photos: from ``images`` when given
+    (then nothing is cached again), else decoded from ``paths``; and whether to cache them."""
+    if images is None:
+        encoded = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
+        ds = tf.data.Dataset.from_tensor_slices(encoded)
+        return ds.map(lambda p: load_resized(p, image_size), num_parallel_calls=calls), cache
+    expected = (len(paths), image_size, image_size, 3)
+    if images.shape != expected or images.dtype != np.uint8:
+        raise ValueError(f"images: expected {expected} uint8, got {images.shape} "
+                         f"{images.dtype}")
+    return tf.data.Dataset.from_tensor_slices(images), False
+
+
+def _with_outliers(ds: tf.data.Dataset, outliers: np.ndarray, image_size: int,
+                   target) -> tf.data.Dataset:
+    """The ``(image, label)`` elements, then the outliers with label ``target``."""
+    expected = (image_size, image_size, 3)
+    if outliers.shape[1:] != expected or outliers.dtype != np.uint8:
+        raise ValueError(f"outliers: expected (m, {image_size}, {image_size}, 3) uint8, got "
+                         f"{outliers.shape} {outliers.dtype}")
+    row = np.asarray(target, np.float32).reshape(1, -1)
+    extra = tf.data.Dataset.from_tensor_slices(
+        (outliers, np.repeat(row, len(outliers), axis=0)))
+    return ds.concatenate(extra)
+
+
 def make_dataset(paths: list[str], labels: list[int] | None, image_size: int, batch_size: int,
                  *, shuffle: bool = False, augment: tf.keras.layers.Layer | None = None,
-                 seed: int = 0, cache: bool = True,
-                 images: np.ndarray | None = None) -> tf.data.Dataset:
+                 seed: int = 0, cache: bool = True, images: np.ndarray | None = None,
+                 outliers: np.ndarray | None = None, outlier_target=None) -> tf.data.Dataset:
     """Build a batched dataset of images (and labels).
 
     Args:
         paths: image file paths (already validated by the scan).
-        labels: 0 = cat, 1 = dog, or ``None`` for images only.
+        labels: ``(n,)`` 0 = cat, 1 = dog, or ``(n, k)`` rows of targets (training with a pet
+            head: ``[label, 1]``), or ``None`` for images only.
         image_size: model input side in pixels.
         batch_size: photos per batch.
         shuffle: reshuffle every epoch (training only), seeded by ``seed``.
@@ -172,34 +174,35 @@ def make_dataset(paths: list[str], labels: list[int] | None, image_size: int, ba
             image_size, 3) uint8`` in the order of ``paths`` (as :class:`ResizedPhotos` makes
             them);
             then no file is read and the dataset holds them in memory (``cache`` is moot).
+        outliers: non-pet images ``(m, image_size, image_size, 3) uint8`` mixed into a labelled
+            dataset (before shuffling), each with the label row ``outlier_target``.
+        outlier_target: the outliers' label row (``k`` values, like a row of ``labels``).
 
     Returns:
         Dataset of ``images`` or ``(images, labels)``: images ``(batch, image_size, image_size,
-        3) float32`` in 0–255, labels ``(batch, 1) float32``. The same elements, in the same
-        order, with ``images`` as without.
+        3) float32`` in 0–255, labels ``(batch, k) float32`` (``k = 1`` for ``(n,)`` labels).
+        The same elements, in the same order, with ``images`` as without.
 
     Raises:
-        ValueError: ``images`` has the wrong shape or dtype.
+        ValueError: ``images`` or ``outliers`` has the wrong shape or dtype, or ``outliers``
+            without ``labels``.
     """
     calls = parallel_calls()
-    if images is not None:
-        expected = (len(paths), image_size, image_size, 3)
-        if images.shape != expected or images.dtype != np.uint8:
-            raise ValueError(f"images: expected {expected} uint8, got {images.shape} "
-                             f"{images.dtype}")
-        ds = tf.data.Dataset.from_tensor_slices(images)
-        cache = False
-    else:
-        encoded = tf.constant([os.fsencode(p) for p in paths], dtype=tf.string)
-        ds = tf.data.Dataset.from_tensor_slices(encoded)
-        ds = ds.map(lambda p: load_resized(p, image_size), num_parallel_calls=calls)
+    ds, cache = _photos(paths, image_size, images, cache, calls)
     if labels is not None:
-        y = tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.float32).reshape(-1, 1))
+        rows = np.asarray(labels, np.float32).reshape(len(paths), -1)
+        y = tf.data.Dataset.from_tensor_slices(rows)
         ds = tf.data.Dataset.zip((ds, y))
     if cache:
         ds = ds.cache()
+    size = len(paths)
+    if outliers is not None:
+        if labels is None:
+            raise ValueError("outliers need a labelled dataset")
+        ds = _with_outliers(ds, outliers, image_size, outlier_target)
+        size += len(outliers)
     if shuffle:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(size, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
 
     def to_float(x):

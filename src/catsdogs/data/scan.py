@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from catsdogs import CLASSES
+from catsdogs.constants import CLASSES
 from catsdogs.data.images import load_image, read_file
 from catsdogs.errors import DataError, ImageError, display_path
+from catsdogs.io import atomic_write_text
 
 CLASS_FOLDER_NAMES: dict[str, int] = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
 """Sub-folder names (compared lower-case) and the label they give."""
@@ -142,8 +143,6 @@ class ScanResult:
 
     def write_json(self, path: str) -> None:
         """Write :meth:`to_dict` to ``path`` atomically."""
-        from catsdogs.io import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
 
@@ -160,7 +159,7 @@ def is_hidden_or_system(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
-def _walk(folder: str, skipped: list[Skipped]) -> list[str]:
+def walk_files(folder: str, skipped: list[Skipped]) -> list[str]:
     """All candidate files below ``folder`` (symbolic links to folders are not followed)."""
     found: list[str] = []
 
@@ -213,7 +212,7 @@ def find_labelled_files(root: str) -> tuple[str, list[tuple[str, int]], list[Ski
     if class_dirs:
         layout = "class-folders"
         for name, label in class_dirs:
-            labelled += [(p, label) for p in _walk(os.path.join(root, name), skipped)]
+            labelled += [(p, label) for p in walk_files(os.path.join(root, name), skipped)]
         for e in entries:
             full = os.path.join(root, e)
             if (e, CLASS_FOLDER_NAMES.get(e.lower())) not in class_dirs and os.path.isfile(full) \
@@ -221,7 +220,7 @@ def find_labelled_files(root: str) -> tuple[str, list[tuple[str, int]], list[Ski
                 skipped.append(Skipped(full, "outside the class folders (no label)"))
     else:
         layout = "file-names"
-        for path in _walk(root, skipped):
+        for path in walk_files(root, skipped):
             label = label_from_name(os.path.basename(path))
             if label is None:
                 skipped.append(Skipped(path, "no label: not in a cat/dog folder and the file "

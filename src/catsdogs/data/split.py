@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sklearn.model_selection import train_test_split
 
-from catsdogs import CLASSES
+from catsdogs.constants import CLASSES
 from catsdogs.data.scan import Photo
 from catsdogs.errors import DataError, RunError
 from catsdogs.io import atomic_write_text

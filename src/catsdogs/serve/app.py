@@ -31,14 +31,23 @@ import threading
 from importlib import resources
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from catsdogs import CLASSES, __version__
+from catsdogs.config import InferenceSettings
+from catsdogs.constants import CLASSES, VERSION
+from catsdogs.data.images import load_image
+from catsdogs.engines import KerasEngine, load_config, load_run
 from catsdogs.errors import CatsDogsError, ImageError, RunError
+from catsdogs.explain import GradCAM, explain_image, png_bytes
+from catsdogs.predict import OTHER, Predictor
+from catsdogs.runfolder import CONFIG_FILE, METRICS_FILE, read_json, run_file
+from catsdogs.system import software_versions
 
 log = logging.getLogger("catsdogs.serve")
 
@@ -127,15 +136,6 @@ async def _send_json(send, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            value = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _page() -> str:
     return resources.files("catsdogs.serve").joinpath("static/index.html").read_text("utf-8")
 
@@ -144,13 +144,7 @@ class _Service:
     """The loaded model, Grad-CAM and limits, shared by all requests."""
 
     def __init__(self, run_dir: str, max_upload_mb: float, max_files: int,
-                 engine: str = "auto"):
-        import catsdogs.models  # noqa: F401 - registers the custom layers model.keras files use
-        from catsdogs.config import TrainConfig, software_versions
-        from catsdogs.explain import GradCAM
-        from catsdogs.predict import KerasEngine, Predictor
-        from catsdogs.run import load_run
-
+                 settings: InferenceSettings | None = None, **overrides):
         if not max_upload_mb > 0:
             raise CatsDogsError(f"max_upload_mb must be positive, not {max_upload_mb}")
         if int(max_files) < 1:
@@ -159,8 +153,8 @@ class _Service:
         self.max_bytes = int(max_upload_mb * MB)
         self.max_upload_mb = float(max_upload_mb)
         self.max_files = int(max_files)
-        self.config = TrainConfig.load(self.run_dir)
-        self.predictor = Predictor.from_run(self.run_dir, engine=engine)
+        self.config = load_config(self.run_dir)
+        self.predictor = Predictor.from_run(self.run_dir, settings, **overrides)
         try:
             # Grad-CAM needs the Keras model; when predictions use it too, share its lock (one
             # model call at a time: Keras layers are not re-entrant)
@@ -175,19 +169,25 @@ class _Service:
         # decoding + preprocessing in at most this many threads at once (bounds memory and CPU)
         self._work = threading.BoundedSemaphore(max(1, min(4, os.cpu_count() or 1)))
         self._warm_up()
-        raw = _read_json(os.path.join(self.run_dir, "config.json")) or {}
-        metrics = _read_json(os.path.join(self.run_dir, "metrics.json"))
+        self.metadata = self._metadata()
+
+    def _metadata(self) -> dict:
+        """What ``/api/v1/model`` answers (no server paths)."""
+        raw = read_json(run_file(self.run_dir, CONFIG_FILE)) or {}
+        metrics = read_json(run_file(self.run_dir, METRICS_FILE))
         if metrics is not None:
             metrics = {k: v for k, v in metrics.items() if k != "source"}  # no server paths
-        self.metadata = {
+        return {
             "run": os.path.basename(self.run_dir),
             "preset": self.config.preset,
             "model": self.config.model,
             "engine": self.predictor.engine_name,
             "image_size": self.config.image_size,
-            "threshold": self.config.threshold,
-            "test_time_flips": bool(self.config.tta),
+            "threshold": self.predictor.threshold,
+            "test_time_flips": bool(self.predictor.tta),
             "classes": list(CLASSES),
+            "labels": [*CLASSES, OTHER],
+            "ood_threshold": self.predictor.ood_threshold,
             "metrics": metrics,
             "explain": self.cam is not None,
             "versions": raw.get("versions"),
@@ -206,9 +206,6 @@ class _Service:
 
     def classify(self, contents: list[bytes], names: list[str], explain: bool) -> list[dict]:
         """Classify uploaded files (runs in a worker thread); one result dict per file."""
-        from catsdogs.data.images import load_image
-        from catsdogs.explain import explain_image, png_bytes
-
         with self._work:
             predictions = self.predictor.predict_sources(contents, names)
             results = []
@@ -217,12 +214,13 @@ class _Service:
                     results.append({"filename": p.path, "error": p.error})
                     continue
                 item = {"filename": p.path, "label": p.label, "p_dog": p.p_dog,
-                        "p_cat": p.p_cat}
+                        "p_cat": p.p_cat, "ood_score": p.ood_score}
                 if explain:
                     try:
                         image = load_image(data, name=p.path)
                         ex = explain_image(self.predictor, self.cam, image, p.path,
-                                           p_dog=p.p_dog, max_side=HEATMAP_MAX_SIDE)
+                                           p_dog=p.p_dog, label=p.label,
+                                           max_side=HEATMAP_MAX_SIDE)
                         png = png_bytes(ex.overlay, max_side=HEATMAP_MAX_SIDE)
                         item["heatmap_png_base64"] = base64.b64encode(png).decode("ascii")
                     except ImageError as exc:  # pragma: no cover - decoded fine just before
@@ -232,7 +230,8 @@ class _Service:
 
 
 def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
-               engine: str = "auto") -> FastAPI:
+               engine: str | None = None, settings: InferenceSettings | None = None,
+               **overrides) -> FastAPI:
     """Build the FastAPI app for one run; the model is loaded (safe mode) and warmed up here,
     once, and shared by all requests.
 
@@ -242,9 +241,12 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
         max_upload_mb: largest accepted request body, in MB (1 MB = 2**20 bytes); larger
             uploads get 413.
         max_files: most files per ``/api/v1/predict`` request; more get 400.
-        engine: inference engine for predictions (:data:`catsdogs.export.ENGINES`; ``auto``
+        engine: inference engine for predictions (:data:`catsdogs.config.ENGINES`; ``auto``
             uses an up-to-date ``catsdogs export`` of the run when there is one). Grad-CAM
             heatmaps always use the Keras model.
+        settings: inference settings instead of the run's own (threshold, test-time flips,
+            engine).
+        **overrides: single inference settings to change (``threshold``, ``tta``).
 
     Returns:
         The ASGI app (serve it with uvicorn, or test it with ``fastapi.testclient``).
@@ -253,14 +255,18 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
         RunError: ``run_dir`` is not a finished run, or its model cannot be loaded.
         CatsDogsError: a limit is not positive.
     """
-    from starlette.concurrency import run_in_threadpool
-
-    service = _Service(run_dir, max_upload_mb, max_files, engine)
-    page = _page()
-    app = FastAPI(title="catsdogs", version=__version__,
+    service = _Service(run_dir, max_upload_mb, max_files, settings, engine=engine, **overrides)
+    app = FastAPI(title="catsdogs", version=VERSION,
                   description="Tell cats from dogs in photos, with Grad-CAM explanations.")
     app.state.service = service
     app.add_middleware(BodyLimitMiddleware, max_bytes=service.max_bytes)
+    _add_error_handlers(app)
+    _add_routes(app, service, _page())
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error answers JSON ``{"detail": ...}``; user errors never become a 500."""
 
     @app.exception_handler(CatsDogsError)
     async def _catsdogs_error(request: Request, exc: CatsDogsError):
@@ -276,6 +282,40 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
     async def _internal_error(request: Request, exc: Exception):  # pragma: no cover
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+async def _read_uploads(request: Request, service: _Service) -> tuple[list[str], list[bytes]]:
+    """Names and contents of the photos in a multipart request's ``files`` field.
+
+    Raises:
+        HTTPException: 413 body too large; 400 too many files or a malformed body; 422 no files.
+    """
+    try:
+        form = await request.form(max_files=service.max_files,
+                                  max_fields=service.max_files + 100)
+    except BodyTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except HTTPException as exc:
+        if "too many files" in str(exc.detail).lower():
+            raise HTTPException(400, f"too many files: at most {service.max_files} per "
+                                     "request") from None
+        raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
+    try:
+        uploads = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
+        if not uploads:
+            raise HTTPException(422, f"no files: send one or more photos in the multipart "
+                                     f"field {FIELD!r}")
+        names, contents = [], []
+        for i, upload in enumerate(uploads):
+            names.append(upload.filename or f"file {i + 1}")
+            contents.append(await upload.read())
+    finally:
+        await form.close()
+    return names, contents
+
+
+def _add_routes(app: FastAPI, service: _Service, page: str) -> None:
+    """``/``, ``/healthz``, ``/api/v1/model`` and ``/api/v1/predict``."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -302,27 +342,7 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
                                      f"{FIELD!r} (got Content-Type {content_type or 'none'!r})")
         if explain and service.cam is None:
             raise HTTPException(501, "this model has no Grad-CAM layers; use explain=false")
-        try:
-            form = await request.form(max_files=service.max_files,
-                                      max_fields=service.max_files + 100)
-        except BodyTooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        except HTTPException as exc:
-            if "too many files" in str(exc.detail).lower():
-                raise HTTPException(400, f"too many files: at most {service.max_files} per "
-                                         "request") from None
-            raise HTTPException(400, f"malformed multipart body: {exc.detail}") from None
-        try:
-            uploads = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
-            if not uploads:
-                raise HTTPException(422, f"no files: send one or more photos in the multipart "
-                                         f"field {FIELD!r}")
-            names, contents = [], []
-            for i, upload in enumerate(uploads):
-                names.append(upload.filename or f"file {i + 1}")
-                contents.append(await upload.read())
-        finally:
-            await form.close()
+        names, contents = await _read_uploads(request, service)
         results = await run_in_threadpool(service.classify, contents, names, explain)
         if all("error" in r for r in results):
             n = len(results)
@@ -332,11 +352,9 @@ def create_app(run_dir: str, max_upload_mb: float = 10, max_files: int = 20,
                                  "results": results}, status_code=415)
         return {"results": results}
 
-    return app
-
 
 def run_server(run: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10,
-               max_files: int = 20, engine: str = "auto") -> None:
+               max_files: int = 20, settings: InferenceSettings | None = None) -> None:
     """Serve :func:`create_app` with uvicorn until interrupted (``catsdogs serve``).
 
     Loads the model before listening, so ``/healthz`` answers 200 as soon as the port accepts
@@ -345,9 +363,7 @@ def run_server(run: str, host: str = "127.0.0.1", port: int = 8000, max_upload_m
     Raises:
         RunError: bad run folder or model. CatsDogsError: bad limits.
     """
-    import uvicorn
-
-    app = create_app(run, max_upload_mb=max_upload_mb, max_files=max_files, engine=engine)
+    app = create_app(run, max_upload_mb=max_upload_mb, max_files=max_files, settings=settings)
     shown = f"[{host}]" if ":" in host else host
     engine_name = app.state.service.predictor.engine_name
     print(f"catsdogs: serving {run} ({engine_name} engine) at http://{shown}:{port}/ "

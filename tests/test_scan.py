@@ -1,17 +1,16 @@
-"""Scanning (layouts, labels, bad files, duplicates) and the train/val/test split."""
+"""Scanning a labelled folder: layouts, labels, bad and hidden files, duplicates, unusable
+folders, non-UTF-8 names."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from collections import Counter
 
 import pytest
 from conftest import save_photo
 
 from catsdogs.data.scan import label_from_name, scan_folder
-from catsdogs.data.split import load_split, make_split, save_split
 from catsdogs.errors import DataError
 
 
@@ -109,42 +108,6 @@ def test_non_utf8_names_are_scanned_and_reported(make_folder):
     assert any(os.fsencode(p.path) == raw for p in result.photos)
     text = json.dumps(result.to_dict())
     assert "bad-\\\\xff.jpg" in text
-
-
-def _photos(make_folder, n):
-    return scan_folder(make_folder(cats=n, dogs=n), progress=False).deduplicated()
-
-
-def test_split_is_stratified_seeded_and_disjoint(make_folder, tmp_path):
-    photos = _photos(make_folder, 30)
-    a = make_split(photos, seed=7)
-    b = make_split(photos, seed=7)
-    c = make_split(photos, seed=8)
-    assert a == b and a != c
-    by_split = {s: [e for e in a if e.split == s] for s in ("train", "val", "test")}
-    assert {s: len(v) for s, v in by_split.items()} == {"train": 48, "val": 6, "test": 6}
-    for rows in by_split.values():
-        assert Counter(e.label for e in rows)[0] == Counter(e.label for e in rows)[1]
-    paths = [e.path for e in a]
-    assert len(paths) == len(set(paths)) == 60
-    save_split(a, tmp_path / "splits.csv")
-    assert load_split(tmp_path / "splits.csv") == a
-
-
-def test_split_needs_enough_photos(make_folder):
-    with pytest.raises(DataError, match="too few photos"):
-        make_split(_photos(make_folder, 2), seed=0)
-
-
-def test_split_holds_no_duplicate_content(make_folder, tmp_path):
-    root = make_folder(cats=20, dogs=20)
-    for i in range(5):
-        shutil.copy(root / "Dog" / f"{i}.jpg", root / "Dog" / f"dup{i}.jpg")
-    result = scan_folder(root, progress=False)
-    split = make_split(result.deduplicated(), seed=0)
-    digest = {p.path: p.sha256 for p in result.photos}
-    hashes = Counter(digest[e.path] for e in split)
-    assert max(hashes.values()) == 1
 
 
 def test_save_photo_helper_makes_distinct_files(tmp_path):

@@ -1,0 +1,46 @@
+"""The machine and the software: oneDNN turned on by ``import catsdogs``, the precision
+``auto`` resolves to, and the versions a run records."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from catsdogs import system
+from catsdogs.constants import VERSION
+from catsdogs.errors import ConfigError
+
+
+@pytest.mark.parametrize("preset_env, expected", [(None, "1"), ("0", "0")])
+def test_importing_catsdogs_turns_onednn_on_unless_the_user_chose(preset_env, expected):
+    """TensorFlow leaves oneDNN off on AVX2-only CPUs; `import catsdogs` turns it on (before TF
+    is imported) but never overrides the user's own TF_ENABLE_ONEDNN_OPTS."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset_env is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset_env
+    code = ("import os, catsdogs; from catsdogs.system import software_versions; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], "
+            "software_versions()['tf_enable_onednn_opts'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [expected, expected]
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch):
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
+    assert system.resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: False)
+    assert system.resolve_precision("auto") == "float32"
+    assert system.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    with pytest.raises(ConfigError, match="unknown precision"):
+        system.resolve_precision("float16")
+
+
+def test_software_versions_name_the_package_and_libraries():
+    versions = system.software_versions()
+    assert versions["catsdogs"] == VERSION
+    assert {"python", "tensorflow", "keras", "numpy", "scikit-learn", "pillow"} <= set(versions)
+    assert all(isinstance(v, str) for v in versions.values())

@@ -1,0 +1,204 @@
+"""Training (catsdogs.training): decode once, progressive resizing, checks before the scan, the
+learning-rate schedule, run folders never clobbered, Ctrl-C, crashes and resume (resume through
+catsdogs.api.train, which also evaluates)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from conftest import run_cli, save_photo
+
+import catsdogs.data.pipeline as pipeline
+from catsdogs import api, training
+from catsdogs.config import make_config
+from catsdogs.data.split import load_split, select
+from catsdogs.errors import ConfigError, DataError, RunError
+from catsdogs.models import build_model, load_model
+from catsdogs.runfolder import read_history
+from catsdogs.training import check_config, compile_model, learning_rate, train
+
+
+def test_training_reads_the_photos_the_scan_decoded(make_folder, tmp_path, monkeypatch):
+    """Training decodes no photo a second time when it trains and validates at one size; with
+    a larger validation size (progressive resizing), only the validation photos are decoded,
+    each once."""
+    decoded = []
+    real = pipeline._decode_path
+    monkeypatch.setattr(pipeline, "_decode_path", lambda p: decoded.append(p) or real(p))
+    data = str(make_folder(cats=12, dogs=12))
+    train(make_config("quick", data=data, out=str(tmp_path / "one"), image_size=32, epochs=2,
+                      batch_size=8), progress=False)
+    assert decoded == []
+    run = tmp_path / "two"
+    train(make_config("quick", data=data, out=str(run), image_size=40, train_sizes=[24, 32],
+                      epochs=2, batch_size=8), progress=False)
+    val_paths = select(load_split(f"{run}/splits.csv"), "val")[0]
+    assert sorted(decoded) == sorted(os.fsencode(p) for p in val_paths) and val_paths
+
+
+def test_progressive_resizing_trains_small_and_saves_at_image_size(make_folder, tmp_path,
+                                                                   capsys):
+    data = make_folder(cats=12, dogs=12)
+    cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=40,
+                      train_sizes=[24, 32], epochs=2, batch_size=8)
+    trained = train(cfg, progress=False)
+    run = cfg.out
+    out = capsys.readouterr().out
+    assert "Epoch 1: training at 24×24 px" in out and "Epoch 2: training at 32×32 px" in out
+    assert len(read_history(f"{run}/history.csv")) == 2
+    model = load_model(f"{run}/model.keras")
+    resize = model.get_layer("resize")
+    assert (resize.height, resize.width) == (40, 40) and not resize.passthrough
+    head = keras.Model(model.input, model.get_layer("rescale").output)
+    assert head(np.zeros((1, 24, 24, 3), "float32")).shape == (1, 40, 40, 3)
+    x = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3)).astype("float32")
+    np.testing.assert_allclose(model(x), trained(x), atol=1e-6)  # the model it returned
+
+
+def test_progressive_resizing_needs_a_resizing_augmentation(make_folder, tmp_path):
+    cfg = make_config("baseline", data=str(make_folder()), out=str(tmp_path / "run"),
+                      train_sizes=[32, 64], epochs=2)
+    with pytest.raises(ConfigError, match="progressive resizing"):
+        train(cfg, progress=False)
+
+
+def test_settings_that_cannot_train_fail_before_the_scan(tmp_path):
+    missing = str(tmp_path / "no-photos-here")  # never scanned: the checks come first
+    for bad, error, match in ((dict(model="vgg"), ConfigError, "unknown model"),
+                              (dict(augmentation="wild"), ConfigError, "unknown augmentation"),
+                              (dict(val_every=0), ConfigError, "val_every"),
+                              (dict(other=missing), DataError, "no such folder of other")):
+        cfg = make_config("quick", data=missing, out=str(tmp_path / "run"), **bad)
+        with pytest.raises(error, match=match):
+            check_config(cfg)
+        with pytest.raises(error, match=match):
+            train(cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_learning_rate_schedules():
+    cfg = make_config("default", learning_rate=0.01, epochs=10, warmup_epochs=1.0)
+    schedule = learning_rate(cfg, steps_per_epoch=20)
+    assert float(schedule(0)) == pytest.approx(0.001)  # warm-up starts at a tenth
+    assert float(schedule(20)) == pytest.approx(0.01)  # the peak after one epoch
+    assert float(schedule(110)) == pytest.approx(0.005, rel=1e-3)  # half-way down the cosine
+    assert float(schedule(200)) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(make_config("baseline"), 20) == 1e-3  # constant
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        learning_rate(make_config("default", schedule="steps"), 20)
+    model = build_model("baseline", 32)
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        compile_model(model, make_config("default", optimizer="sgd"), 20)
+
+
+def test_existing_folder_is_never_overwritten(make_folder, tmp_path):
+    data = make_folder(cats=6, dogs=6)
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    proc = run_cli("train", "--data", data, "--out", out, "--preset", "quick", check=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert (out / "thesis.txt").read_text() == "years of work"
+    proc = run_cli("train", "--out", out, "--resume", check=False)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    data = tmp_path / "photos"
+    for label, name in ((0, "cats"), (1, "dogs")):
+        for i in range(60):
+            save_photo(data / name / f"{i}.png", label, seed=i)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(data), "--out", str(run),
+           "--preset", "quick", "--image-size", "32", "--batch-size", "8", "--epochs", "200",
+           "--no-progress"]
+    # Ctrl-C must reach the child even when this test runs in a background job, which starts
+    # with SIGINT ignored (POSIX) and then Python installs no KeyboardInterrupt handler.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    history = run / "history.csv"
+    t0 = time.time()
+    while time.time() - t0 < 300 and proc.poll() is None:
+        if history.exists() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    assert (run / "backup").is_dir()  # resumable state is on disk
+    assert [n for n in os.listdir(run) if ".tmp" in n] == []
+
+
+def test_crash_after_training_before_saving_resumes_without_retraining(make_folder, tmp_path,
+                                                                       monkeypatch):
+    data = make_folder(cats=12, dogs=12)
+    cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=32,
+                      epochs=2, batch_size=8)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full while saving model.keras")
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "atomic_path", crash)
+        with pytest.raises(OSError, match="disk full"):
+            train(cfg, progress=False)
+    run = tmp_path / "run"
+    assert not (run / "model.keras").exists() and (run / "backup").is_dir()
+    history_before = (run / "history.csv").read_text()
+    api.train(out=run, resume=True, progress=False)  # trains nothing, saves, evaluates
+    assert (run / "history.csv").read_text() == history_before  # no epoch was run again
+    assert (run / "model.keras").exists() and (run / "metrics.json").exists()
+    assert not (run / "backup").exists()
+    with pytest.raises(RunError, match="already complete"):
+        api.train(out=run, resume=True, progress=False)
+
+
+def test_resuming_a_run_whose_training_finished_only_evaluates_it(make_folder, tmp_path):
+    """training.train trains only; when it finished but the evaluation did not happen (a crash
+    in between), resume trains nothing and catsdogs.api.train evaluates the saved model."""
+    run = tmp_path / "run"
+    train(make_config("quick", data=str(make_folder(cats=12, dogs=12)), out=str(run),
+                      image_size=32, epochs=1, batch_size=8), progress=False)
+    assert (run / "model.keras").exists() and not (run / "metrics.json").exists()
+    model_before = (run / "model.keras").read_bytes()
+    assert train(make_config("quick", out=str(run)), resume=True, progress=False) is None
+    finished = api.train(out=run, resume=True, progress=False)
+    assert (run / "model.keras").read_bytes() == model_before  # not trained again
+    assert finished.metrics["n"] > 0 and (run / "report.md").exists()
+    assert finished.config.inference.ood_threshold is not None  # the rejection is calibrated
+
+
+def test_validating_every_other_epoch_survives_a_crash_and_resumes(make_folder, tmp_path,
+                                                                   monkeypatch):
+    data = make_folder(cats=12, dogs=12)
+    cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=32,
+                      epochs=5, batch_size=8, val_every=2)
+    run = tmp_path / "run"
+    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def crash_after_epoch_3(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch == 2:
+            raise OSError("power cut")
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_epoch_3)
+        with pytest.raises(OSError, match="power cut"):
+            train(cfg, progress=False)
+    api.train(out=run, resume=True, progress=False)
+    rows = read_history(str(run / "history.csv"))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [int(r["epoch"]) for r in rows if r["val_loss"]] == [2, 4, 5]
+    assert list(rows[0])[:5] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    report = (run / "report.md").read_text()
+    assert "Trained 5 epochs" in report and "validated after 3 of them" in report
+    assert (run / "model.keras").exists() and (run / "plots" / "history.png").exists()
