@@ -15,7 +15,6 @@ an unseen synthetic kind.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +25,8 @@ from PIL import Image, ImageDraw
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from catsdogs.data.images import load_image, read_file
-from catsdogs.data.scan import Keep, Skipped, walk_files
-from catsdogs.errors import DataError, ImageError, RunError, display_path
+from catsdogs.data.scan import Keep, Skipped, inspect_file, walk_files
+from catsdogs.errors import DataError, RunError, display_path
 from catsdogs.io import atomic_write_text
 
 OUTLIER_TARGET = 0.5
@@ -62,14 +60,8 @@ class OtherExample:
 
 
 def _inspect(path: str, kind: str, keep: Keep | None) -> OtherPhoto | Skipped:
-    try:
-        data = read_file(path)
-        pixels = load_image(data, name=path)
-    except ImageError as exc:
-        return Skipped(path, exc.reason)
-    if keep is not None:
-        keep(path, pixels)
-    return OtherPhoto(path, kind, hashlib.sha256(data).hexdigest())
+    found = inspect_file(path, keep)
+    return found if isinstance(found, Skipped) else OtherPhoto(path, kind, found[0])
 
 
 def scan_other(root: str | os.PathLike, *, keep: Keep | None = None, progress: bool = True

@@ -235,8 +235,9 @@ Keep = Callable[[str, np.ndarray], None]
 from the scan's decoding threads."""
 
 
-def _inspect(item: tuple[str, int], keep: Keep | None = None) -> Photo | Skipped:
-    path, label = item
+def inspect_file(path: str, keep: Keep | None = None) -> tuple[str, int, int] | Skipped:
+    """Read and decode one file (passing its pixels to ``keep``): ``(sha256, width, height)``
+    of a readable photo, or the :class:`Skipped` reason it cannot be used."""
     try:
         data = read_file(path)
         pixels = load_image(data, name=path)
@@ -245,7 +246,13 @@ def _inspect(item: tuple[str, int], keep: Keep | None = None) -> Photo | Skipped
     if keep is not None:
         keep(path, pixels)
     h, w = pixels.shape[:2]
-    return Photo(path, label, hashlib.sha256(data).hexdigest(), w, h)
+    return hashlib.sha256(data).hexdigest(), w, h
+
+
+def _inspect(item: tuple[str, int], keep: Keep | None = None) -> Photo | Skipped:
+    path, label = item
+    found = inspect_file(path, keep)
+    return found if isinstance(found, Skipped) else Photo(path, label, *found)
 
 
 def scan_folder(root: str | os.PathLike, *, workers: int | None = None,
