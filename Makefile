@@ -1,5 +1,6 @@
 # catsdogs — every target sets up its own virtual environment first.
 #   make train DATA=path/to/PetImages   train + evaluate the default preset (run folder: runs/…)
+#   make train BUDGET=10                the same in a 10-minute budget
 #   make test                           lint + the whole test suite (what CI runs)
 #   make bench / make bench-quick       benchmarks → benchmarks/results/
 PYTHON ?= python3
@@ -10,6 +11,8 @@ DATA ?= ../shared/data/PetImages
 # `make train OTHER=` trains without them (the max-softmax baseline).
 OTHER ?= $(wildcard ../shared/data/other)
 PRESET ?= default
+# Minutes for the whole `train` command (the preset's budget when empty: default 30, fast 5).
+BUDGET ?=
 # A new run folder each time: runs/default, runs/default-2, runs/default-3, …
 RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
 ARGS ?=
@@ -26,7 +29,7 @@ install: $(BIN)/.installed
 
 train: install
 	$(BIN)/catsdogs train --data "$(DATA)" --out "$(RUN)" --preset $(PRESET) \
-		$(if $(OTHER),--other "$(OTHER)") $(ARGS)
+		$(if $(OTHER),--other "$(OTHER)") $(if $(BUDGET),--time-budget $(BUDGET)) $(ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -35,7 +38,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 bench: install
-	$(BIN)/python benchmarks/run.py --data "$(DATA)"
+	$(BIN)/python benchmarks/run.py --data "$(DATA)" $(if $(OTHER),--other "$(OTHER)")
 
 bench-quick: install
 	$(BIN)/python benchmarks/run.py --data "$(DATA)" --quick

@@ -84,5 +84,5 @@ def test_progressive_resize_gives_every_batch_of_an_epoch_that_epochs_size(tmp_p
     model.compile("sgd", "mse", run_eagerly=True)
     cfg = make_config("quick", epochs=4, image_size=40, train_sizes=[24, 32])
     model.fit(ds, validation_data=val, epochs=4, verbose=0,
-              callbacks=[ProgressiveResize(cfg, augment)])
+              callbacks=[ProgressiveResize(cfg.train_size, augment, cfg.image_size)])
     assert seen == [24] * 16 + [32] * 16

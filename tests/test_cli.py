@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import time
 
 import pytest
 from conftest import photo, run_cli, save_every_format, save_photo
@@ -76,7 +77,8 @@ def train_calls(monkeypatch, tmp_path):
     call ``(data, out, preset, options, settings)``."""
     calls = []
 
-    def fake_train(data, out, preset, *, resume, overwrite, progress, **settings):
+    def fake_train(data, out, preset, *, resume, overwrite, progress, started, **settings):
+        assert started <= time.perf_counter()  # the time budget counts from the command's start
         calls.append((data, out, preset, dict(resume=resume, overwrite=overwrite,
                                               progress=progress), settings))
 
@@ -106,6 +108,8 @@ def test_train_needs_data_unless_resuming(train_calls, capsys):
     ("--val-every", "3", {"val_every": 3}, "0", "must be at least 1"),
     ("--epochs", "4", {"epochs": 4}, "-1", "must be at least 1"),
     ("--limit", "50", {"limit": 50}, "x", "expected a whole number"),
+    ("--time-budget", "7.5", {"time_budget": 7.5}, "-3", "must be positive minutes"),
+    ("--time-budget", "none", {"time_budget": 0.0}, "soon", "expected minutes"),
 ])
 def test_per_setting_train_flags(train_calls, capsys, flag, good, settings, bad, message):
     """One test for every flag derived from a TrainConfig field (this replaces two copies of

@@ -154,3 +154,42 @@ def test_kill_minus_nine_then_resume(tmp_path):
     assert not (run / "backup").exists()  # BackupAndRestore cleans up after a finished run
     leftovers = [n for n in os.listdir(run) if ".tmp" in n]
     assert leftovers == []
+
+
+def test_kill_minus_nine_mid_budget_then_resume_continues_the_same_plan(make_folder, tmp_path):
+    """A --time-budget run killed with SIGKILL resumes its saved plan (no new throughput
+    measurement, the same measured rates and first plan) and still ends where the plan ends,
+    the learning rate at 0 on the last step."""
+    data = make_folder(cats=24, dogs=24)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(data), "--out", str(run),
+           "--preset", "quick", "--image-size", "32", "--train-sizes", "24,32",
+           "--batch-size", "4", "--time-budget", "1", "--no-progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    history = run / "history.csv"
+
+    def some_epochs_done():
+        return history.exists() and len(history.read_text().strip().splitlines()) - 1 >= 3
+
+    try:
+        assert _wait_for(some_epochs_done, 600, proc), proc.communicate()[0][-3000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate()[0].decode()
+    assert "measured photos/s" in output and not (run / "model.keras").exists()
+    before = json.loads((run / "plan.json").read_text())
+    done_before = len(history.read_text().strip().splitlines()) - 1
+    assert 0 < before["steps_done"] < before["total_steps"], before
+    resumed = run_cli("train", "--out", run, "--resume", "--no-progress")
+    assert "Resuming the time-budget plan" in resumed.stdout
+    assert "measured photos/s" not in resumed.stdout  # not measured again
+    after = json.loads((run / "plan.json").read_text())
+    for key in ("budget_seconds", "step_seconds", "planned_steps", "steps_per_epoch", "sizes"):
+        assert after[key] == before[key], key
+    assert after["steps_done"] == after["total_steps"] > before["steps_done"]
+    rows = list(csv.DictReader(open(history)))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, len(rows) + 1)) and \
+        len(rows) > done_before  # every epoch once, more after the resume
+    assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-9) and rows[-1]["val_loss"]
+    assert (run / "model.keras").exists() and (run / "metrics.json").exists()

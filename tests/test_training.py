@@ -4,6 +4,7 @@ catsdogs.api.train, which also evaluates)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from conftest import run_cli, save_photo
 
 import catsdogs.data.pipeline as pipeline
 from catsdogs import api, training
+from catsdogs.budget import BudgetPlan
 from catsdogs.config import make_config
 from catsdogs.data.split import load_split, select
 from catsdogs.errors import ConfigError, DataError, RunError
@@ -60,6 +62,57 @@ def test_progressive_resizing_trains_small_and_saves_at_image_size(make_folder, 
     assert head(np.zeros((1, 24, 24, 3), "float32")).shape == (1, 40, 40, 3)
     x = np.random.default_rng(0).integers(0, 256, (2, 40, 40, 3)).astype("float32")
     np.testing.assert_allclose(model(x), trained(x), atol=1e-6)  # the model it returned
+
+
+def test_a_time_budget_run_follows_its_plan_to_the_end(make_folder, tmp_path):
+    """``time_budget``: throughput measured per training size, the plan's steps trained to the
+    last one with the learning rate reaching 0 there, the last epoch validated, the whole
+    command inside the budget, and the record in plan.json, timings.json, config.json and the
+    report."""
+    data = make_folder(cats=16, dogs=16)
+    run = tmp_path / "run"
+    started = time.perf_counter()
+    api.train(data, run, "quick", image_size=32, train_sizes=[24, 32], batch_size=4,
+              val_every=3, time_budget=0.75, progress=False, started=started)
+    seconds = time.perf_counter() - started
+    plan = BudgetPlan.load(str(run))
+    assert sorted(plan.step_seconds) == ["24", "32"] and plan.planned_steps > 0
+    assert plan.steps_done == plan.total_steps  # stopped where the plan ended...
+    rows = read_history(str(run / "history.csv"))
+    assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-9)  # ...with the rate at 0
+    assert float(rows[0]["lr"]) > 0 and rows[-1]["val_loss"]  # and the last epoch validated
+    assert len(rows) == plan.epochs() == -(-plan.steps_done // plan.steps_per_epoch)
+    assert [int(r["epoch"]) for r in rows if r["val_loss"]] == \
+        [e for e in range(1, len(rows) + 1) if e % 3 == 0 or e == len(rows)]
+    timings = json.loads((run / "timings.json").read_text())
+    record = timings["budget"]
+    assert record["steps"] == plan.steps_done and record["budget_seconds"] == 45.0
+    assert record["left_seconds"] == pytest.approx(45.0 - timings["total_seconds"], abs=0.2)
+    assert timings["total_seconds"] <= seconds
+    # On time within a margin for a loaded test machine (the benchmark measures the overrun).
+    assert seconds <= 45.0 * 1.25, timings
+    config = json.loads((run / "config.json").read_text())
+    assert config["time_budget"] == 0.75 and config["budget"]["steps"] == plan.steps_done
+    report = (run / "report.md").read_text()
+    assert "## Time budget" in report and f"trained {plan.steps_done}" in report
+    assert "Whole command:" in report
+
+
+def test_epochs_turn_the_budget_off_and_the_schedule_keeps_its_numbers():
+    assert make_config("default").time_budget == 30 and make_config("fast").time_budget == 5
+    assert make_config("default", epochs=3).time_budget is None
+    assert make_config("default", epochs=3, time_budget=2).time_budget == 2
+    assert make_config("default", time_budget=0).time_budget is None
+    with pytest.raises(ConfigError, match="time_budget must be positive"):
+        make_config("default", time_budget=-1)
+    # A budget run's warm-up is at most a tenth of its steps; a fixed run's is as configured.
+    budget = make_config("default", warmup_epochs=1.0)
+    assert training.warmup_steps(budget, 100, 500) == 50
+    assert training.warmup_steps(make_config("default", epochs=5), 100, 500) == 100
+    schedule = training.WarmupCosine(0.01, 20, 200)
+    schedule.set_length(0, 100)  # re-planned: no warm-up, half as long
+    assert float(schedule(50)) == pytest.approx(0.005, rel=1e-3)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_progressive_resizing_needs_a_resizing_augmentation(make_folder, tmp_path):

@@ -24,22 +24,26 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from catsdogs.budget import BudgetPlan
 from catsdogs.config import InferenceSettings, TrainConfig, make_config
 from catsdogs.data.images import load_image
 from catsdogs.engines import load_config
 from catsdogs.errors import ConfigError, ImageError, RunError
-from catsdogs.evaluate import evaluate_run
+from catsdogs.evaluate import evaluate_run, refresh_report
 from catsdogs.explain import Explanation, GradCAM, explain_image, write_png
 from catsdogs.predict import Prediction, Predictor, predict_paths
 from catsdogs.rejection import calibrate, evaluate_other_folder
 from catsdogs.runfolder import (
+    CONFIG_FILE,
     HISTORY_FILE,
     METRICS_FILE,
+    PLAN_FILE,
     REPORT_FILE,
     TIMINGS_FILE,
     read_history,
     read_json,
     run_file,
+    write_json,
     write_timings,
 )
 from catsdogs.training import train as train_model
@@ -234,7 +238,8 @@ def _calibrate(run: str, model, progress: bool) -> None:
 
 def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
           preset: str = "default", *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, evaluate: bool = True, **settings) -> Run:
+          progress: bool = True, evaluate: bool = True, started: float | None = None,
+          **settings) -> Run:
     """Train a model into a new run folder and evaluate it once on its test split.
 
     Args:
@@ -247,8 +252,12 @@ def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None =
         overwrite: delete an existing run folder first.
         progress: progress bars (else one line per epoch).
         evaluate: evaluate on the test split at the end (metrics, plots, report).
+        started: ``time.perf_counter()`` when the caller started (the command line: before
+            importing TensorFlow); a time budget counts from it. Default: now.
         **settings: any :class:`~catsdogs.config.TrainConfig` field (``epochs=5``,
-            ``image_size=128``, …), and ``threshold`` / ``tta`` for its inference settings.
+            ``image_size=128``, ``time_budget=10`` minutes, …; ``epochs`` alone trains exactly
+            that many epochs, ``time_budget=0`` too), and ``threshold`` / ``tta`` for its
+            inference settings.
 
     Returns:
         The finished :class:`Run`.
@@ -267,18 +276,35 @@ def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None =
         settings["other"] = os.path.abspath(os.fspath(settings["other"]))
     cfg = make_config(preset, data=data and os.path.abspath(os.fspath(data)),
                       out=os.fspath(out), **settings)
-    clock: dict[str, float] = {}
+    clock = {"start": time.perf_counter() if started is None else started}
     model = train_model(cfg, resume=resume, overwrite=overwrite, progress=progress, clock=clock)
     _calibrate(cfg.out, model, progress)
     if evaluate:
         evaluate_run(cfg.out, model=model, progress=progress)
     if model is not None:  # None: only the evaluation of a finished training was left
         clock["evaluate"] = time.perf_counter()
-        t = write_timings(cfg.out, clock)
-        print(f"Done in {t['total_seconds']:.0f} s: data {t['data_seconds']:.0f} s, "
-              f"training {t['fit_seconds']:.0f} s, evaluation {t['evaluate_seconds']:.0f} s "
-              f"→ {run_file(cfg.out, TIMINGS_FILE)}")
+        _finish_timings(cfg.out, clock, evaluate)
     return Run(cfg.out)
+
+
+def _finish_timings(run: str, clock: dict[str, float], evaluated: bool) -> None:
+    """Write ``timings.json`` (with a time-budget run's record, also added to ``config.json``
+    and the report) and print the summary line."""
+    plan = BudgetPlan.load(run) if os.path.exists(run_file(run, PLAN_FILE)) else None
+    extra = {}
+    if plan is not None:
+        extra["budget"] = plan.summary()
+        total = clock["evaluate"] - clock["start"]
+        extra["budget"]["left_seconds"] = round(plan.budget_seconds - total, 1)
+        raw = read_json(run_file(run, CONFIG_FILE)) or {}
+        write_json(run_file(run, CONFIG_FILE), {**raw, "budget": extra["budget"]})
+    t = write_timings(run, clock, extra)
+    if plan is not None and evaluated:
+        refresh_report(run)
+    print(f"Done in {t['total_seconds']:.0f} s: data {t['data_seconds']:.0f} s, "
+          f"training {t['fit_seconds']:.0f} s, evaluation {t['evaluate_seconds']:.0f} s"
+          + (f", {t['budget']['left_seconds']:.0f} s of the budget left" if plan else "")
+          + f" → {run_file(run, TIMINGS_FILE)}")
 
 
 def load(run_dir: str | os.PathLike) -> Run:

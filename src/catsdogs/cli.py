@@ -18,6 +18,7 @@ import io
 import json
 import os
 import sys
+import time
 
 from catsdogs.config import ENGINES, PRESETS, cli_fields, parse_setting
 from catsdogs.constants import VERSION
@@ -96,10 +97,11 @@ def train_settings(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    started = time.perf_counter()  # a --time-budget counts TensorFlow's import too
     if not args.resume and not args.data:
         raise ConfigError("--data DIR is required (unless --resume continues an existing run)")
     _api().train(args.data, args.out, args.preset, resume=args.resume, overwrite=args.overwrite,
-                 progress=not args.no_progress, **train_settings(args))
+                 progress=not args.no_progress, started=started, **train_settings(args))
     return EXIT_OK
 
 
@@ -194,6 +196,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _minutes(text: str) -> float:
+    """argparse type for --time-budget: positive minutes, or ``none`` (0: fixed epochs)."""
+    if text.strip().lower() in ("none", "0"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected minutes, e.g. 30") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive minutes, or none")
+    return value
+
+
 def _probability(text: str) -> float:
     """argparse type: a number from 0 to 1."""
     try:
@@ -208,7 +223,8 @@ def _probability(text: str) -> float:
 _FLAG_TYPES = {"train_sizes": (_sizes, "PX[,PX…]"), "val_every": (_positive, "N"),
                "epochs": (_positive, "N"), "batch_size": (_positive, "N"),
                "image_size": (_positive, "PX"), "limit": (_positive, "N_PER_CLASS"),
-               "seed": (int, "N"), "model": (str, "NAME"), "other": (str, "DIR")}
+               "seed": (int, "N"), "model": (str, "NAME"), "other": (str, "DIR"),
+               "time_budget": (_minutes, "MINUTES")}
 """argparse type and metavar of each per-setting ``train`` flag (others: ``str``)."""
 
 

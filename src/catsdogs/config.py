@@ -101,7 +101,13 @@ class TrainConfig:
             al. 2019, "Fixing the train-test resolution discrepancy", arXiv:1906.06423). Photos
             are decoded once, at the largest size.
         batch_size: photos per batch.
-        epochs: passes over the train split.
+        epochs: passes over the train split, when :attr:`time_budget` is off.
+        time_budget: train to a time budget, minutes: the whole ``train`` command (scan to
+            report) is planned to end within it, the number of optimizer steps chosen from the
+            throughput measured at the start of the run and re-planned while training
+            (:mod:`catsdogs.budget`); :attr:`epochs` is then ignored. None or 0: train exactly
+            :attr:`epochs` epochs (reproducible). Giving ``epochs`` without ``time_budget`` to
+            :func:`make_config` turns the budget off.
         optimizer: ``"adam"`` or ``"adamw"``.
         learning_rate: peak learning rate.
         weight_decay: decoupled weight decay (AdamW only).
@@ -153,7 +159,11 @@ class TrainConfig:
                                    "evenly between them in order (e.g. 96,112); 'none' trains "
                                    "at --image-size")
     batch_size: int = _flag(64, "photos per batch")
-    epochs: int = _flag(36, "passes over the train split")
+    epochs: int = _flag(36, "passes over the train split; turns --time-budget off unless "
+                            "that is given too")
+    time_budget: float | None = _flag(30.0, "train to a time budget, MINUTES for the whole "
+                                            "command, scan to report (default: the preset's); "
+                                            "'none': exactly --epochs epochs")
     optimizer: str = "adamw"
     learning_rate: float = 2e-3
     weight_decay: float = 0.05
@@ -179,6 +189,14 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.inference, dict):
             self.inference = InferenceSettings(**self.inference)
+        if self.time_budget is not None and self.time_budget < 0:
+            raise ConfigError(f"time_budget must be positive minutes, got {self.time_budget}")
+        self.time_budget = self.time_budget or None
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """:attr:`time_budget` in seconds, or None for a fixed number of epochs."""
+        return None if self.time_budget is None else 60.0 * self.time_budget
 
     def validation_epochs(self) -> list[int]:
         """1-based epochs after which the validation split is evaluated (see
@@ -250,17 +268,18 @@ PRESETS: dict[str, dict] = {
     "baseline": dict(model="baseline", image_size=64, train_sizes=[], batch_size=32, epochs=25,
                      optimizer="adam", learning_rate=1e-3, weight_decay=0.0, schedule="constant",
                      warmup_epochs=0.0, augmentation="tutorial", precision="float32",
-                     val_every=1, inference=InferenceSettings()),
+                     val_every=1, time_budget=None, inference=InferenceSettings()),
     # A demo: the whole `train` in a few minutes on the full PetImages folder, on a seeded
     # 2,500-photo-per-class subset (--limit overrides). Not a good model.
     "quick": dict(model_kwargs={"blocks": [1, 1, 1, 1]}, image_size=64, train_sizes=[],
                   batch_size=128, epochs=5, learning_rate=3e-3, warmup_epochs=0.3, limit=2500,
-                  val_every=1, inference=InferenceSettings()),
+                  val_every=1, time_budget=None, inference=InferenceSettings()),
     # The same net, smaller and shorter: a short run underfits, so a milder crop and a higher
     # peak learning rate (docs/recipes.md).
     "fast": dict(image_size=96, train_sizes=[64, 80, 96], epochs=9, learning_rate=4e-3,
-                 augmentation="light_crop_flip"),
-    # Our from-scratch recipe: TrainConfig's own defaults (docs/recipes.md).
+                 augmentation="light_crop_flip", time_budget=5.0),
+    # Our from-scratch recipe, to a 30-minute budget: TrainConfig's own defaults
+    # (docs/recipes.md).
     "default": {},
 }
 """Preset name → overrides of :class:`TrainConfig` defaults."""
@@ -270,6 +289,7 @@ def make_config(preset: str = "default", **overrides) -> TrainConfig:
     """A :class:`TrainConfig` from a preset plus overrides (``None`` overrides are ignored).
 
     ``threshold`` and ``tta`` may be given as overrides too: they go into :attr:`inference`.
+    ``epochs`` without ``time_budget`` means a fixed number of epochs: the budget is off.
 
     Raises:
         ConfigError: unknown preset or setting.
@@ -282,6 +302,8 @@ def make_config(preset: str = "default", **overrides) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(given) - names):
         raise ConfigError(f"unknown setting(s) {unknown}; see catsdogs train --help")
+    if "epochs" in given and "time_budget" not in given:
+        given["time_budget"] = None
     values = {**PRESETS[preset], **given}
     cfg = TrainConfig(preset=preset, **values)
     cfg.inference = cfg.inference.with_overrides(**inference)

@@ -23,13 +23,14 @@ from sklearn.metrics import (
 )
 
 from catsdogs import plots
+from catsdogs.budget import BudgetPlan
 from catsdogs.config import InferenceSettings, TrainConfig
 from catsdogs.constants import CLASSES
 from catsdogs.data.images import load_image
 from catsdogs.data.scan import ScanResult, scan_folder, summary_lines
 from catsdogs.data.split import load_split, select
 from catsdogs.engines import KerasEngine, load_config, load_engine
-from catsdogs.errors import display_path
+from catsdogs.errors import RunError, display_path
 from catsdogs.io import atomic_write_text
 from catsdogs.predict import Predictor, classify_files
 from catsdogs.rejection import evaluate_rejection, format_rejection
@@ -40,6 +41,7 @@ from catsdogs.runfolder import (
     HISTORY_PLOT,
     METRICS_FILE,
     MISTAKES_PLOT,
+    PLAN_FILE,
     PLOTS_DIR,
     PREDICTIONS_FILE,
     REPORT_FILE,
@@ -47,8 +49,10 @@ from catsdogs.runfolder import (
     SAMPLES_PLOT,
     SCAN_FILE,
     SPLITS_FILE,
+    TIMINGS_FILE,
     eval_dir,
     read_history,
+    read_json,
     run_file,
     write_json,
 )
@@ -197,12 +201,32 @@ def evaluate_run(run: str, data: str | None = None, *, model=None, progress: boo
         metrics["ood"] = evaluate_rejection(run, cfg, predictor, outputs,
                                             run_file(out_dir, PLOTS_DIR), progress)
     write_json(run_file(out_dir, METRICS_FILE), metrics)
-    write_report(out_dir, cfg, metrics, history, scan)
+    if data is None:
+        refresh_report(run)
+    else:
+        write_report(out_dir, cfg, metrics, history, scan)
     print(format_metrics(metrics, title="test split" if data is None else display_path(data)))
     if data is None:
         print(format_rejection(metrics["ood"]))
     print(f"Report: {run_file(out_dir, REPORT_FILE)}")
     return metrics
+
+
+def refresh_report(run: str) -> None:
+    """Write the run's ``report.md`` again from its files (``config.json``, ``metrics.json``,
+    ``history.csv``, and ``plan.json`` and ``timings.json`` when they exist), e.g. once
+    ``timings.json`` knows how long the whole ``train`` command took.
+
+    Raises:
+        RunError: no ``metrics.json`` (the run was never evaluated).
+    """
+    metrics = read_json(run_file(run, METRICS_FILE))
+    if metrics is None:
+        raise RunError(f"{run}: no {METRICS_FILE}; evaluate the run first")
+    cfg = load_config(run)
+    plan = BudgetPlan.load(run) if os.path.exists(run_file(run, PLAN_FILE)) else None
+    write_report(run, cfg, metrics, read_history(run_file(run, HISTORY_FILE)), None, plan,
+                 read_json(run_file(run, TIMINGS_FILE)))
 
 
 def _plots(plot_dir: str, paths, labels, probs, metrics: dict, history: list[dict],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from catsdogs.budget import BudgetPlan
 from catsdogs.config import TrainConfig
 from catsdogs.data.scan import ScanResult, summary_lines
 from catsdogs.io import atomic_write_text
@@ -46,8 +47,10 @@ def _settings_lines(cfg: TrainConfig, m: dict) -> list[str]:
              if m.get("test_time_flips") else "")
     trained_at = (f" (trained at {' → '.join(f'{s} px' for s in cfg.train_sizes)})"
                   if cfg.train_sizes else "")
+    length = (f"a {cfg.time_budget:g}-minute time budget" if cfg.time_budget
+              else f"{cfg.epochs} epochs")
     return [f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px"
-            f"{trained_at}, {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} "
+            f"{trained_at}, {length}, batch {cfg.batch_size}, {cfg.optimizer} "
             f"lr {cfg.learning_rate} ({cfg.schedule}), augmentation `{cfg.augmentation}`, "
             f"seed {cfg.seed}.", "",
             f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}{flips}."]
@@ -83,6 +86,26 @@ def _history_lines(history: list[dict], run_name: str) -> list[str]:
             f"`{LOGS_DIR}/`; open them with `tensorboard --logdir {run_name}/{LOGS_DIR}`."]
 
 
+def budget_lines(plan: BudgetPlan, timings: dict | None = None) -> list[str]:
+    """The "Time budget" section: measured throughput, planned and actual steps, and (with
+    ``timings``, :func:`catsdogs.runfolder.write_timings`) the whole command's time."""
+    rates = ", ".join(f"{s} px: {plan.batch_size / t:.0f}" for s, t in plan.step_seconds.items())
+    spe = plan.steps_per_epoch
+    lines = ["", "## Time budget", "",
+             f"Budget {plan.budget_seconds / 60:g} min for the whole `train` command. Training "
+             f"photos/s measured at the start: {rates}. Planned {plan.planned_steps} optimizer "
+             f"steps ({plan.planned_steps / spe:.1f} epochs); trained {plan.steps_done} "
+             f"({plan.steps_done / spe:.1f} epochs), the learning rate reaching 0 at the last "
+             f"one; last speed {plan.speed:.2f}× the measured one. Training ended "
+             f"{plan.spent_seconds / 60:.1f} min into the budget, {plan.reserve_seconds:.0f} s "
+             f"kept for the evaluation."]
+    if timings:
+        left = plan.budget_seconds - timings["total_seconds"]
+        lines += ["", f"Whole command: {timings['total_seconds'] / 60:.1f} min, "
+                      f"{abs(left):.0f} s {'left' if left >= 0 else 'over budget'}."]
+    return lines
+
+
 def _rejection_lines(ood: dict) -> list[str]:
     """The "neither a cat nor a dog" section: method, threshold, one table row per group."""
     threshold = ood["threshold"]
@@ -101,14 +124,18 @@ def _rejection_lines(ood: dict) -> list[str]:
 
 
 def write_report(out_dir: str, cfg: TrainConfig, m: dict, history: list[dict],
-                 scan: ScanResult | None = None) -> None:
+                 scan: ScanResult | None = None, plan: BudgetPlan | None = None,
+                 timings: dict | None = None) -> None:
     """Write ``report.md`` into ``out_dir``: settings, metrics tables, training curves (when
-    ``history`` is given), the scan summary (when ``scan`` is given) and the plots."""
+    ``history`` is given), the time budget (``plan``, with the command's ``timings`` once
+    known), the scan summary (when ``scan`` is given) and the plots."""
     run_name = os.path.basename(os.path.abspath(cfg.out or out_dir))
     lines = [f"# catsdogs report: `{run_name}`", "", *_settings_lines(cfg, m), "",
              *_metrics_lines(m)]
     if history:
         lines += _history_lines(history, cfg.out or out_dir)
+    if plan is not None:
+        lines += budget_lines(plan, timings)
     if "ood" in m:
         lines += _rejection_lines(m["ood"])
     if scan is not None:

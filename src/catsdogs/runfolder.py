@@ -8,6 +8,7 @@ Layout (``RUN/``)::
 
     model.keras  config.json  splits.csv  other.csv  scan.json  history.csv  timings.json
     metrics.json  predictions.csv  report.md  plots/  logs/ (TensorBoard)
+    plan.json                  a --time-budget run's plan (measured throughput, steps)
     eval-<name>/               evaluate RUN --data <name>: metrics, predictions, plots, report
     model.onnx  model.tflite  model.int8.tflite  export.json     after catsdogs export
     backup/  checkpoints/best.weights.h5                         while training
@@ -38,7 +39,9 @@ SCAN_FILE = "scan.json"
 HISTORY_FILE = "history.csv"
 """One row per epoch: losses, metrics, ``lr``, ``seconds``, ``elapsed``."""
 TIMINGS_FILE = "timings.json"
-"""Wall seconds of each stage of the last ``train`` call."""
+"""Wall seconds of each stage of the last ``train`` call (and the time-budget record)."""
+PLAN_FILE = "plan.json"
+"""A time-budget run's plan (:class:`catsdogs.budget.BudgetPlan`), saved after every epoch."""
 METRICS_FILE = "metrics.json"
 """Test (or ``--data``) metrics from :func:`catsdogs.evaluate.compute_metrics`."""
 PREDICTIONS_FILE = "predictions.csv"
@@ -148,23 +151,26 @@ TIMING_STAGES = ("start", "data", "setup", "fit", "save", "evaluate")
 """Clock marks of one ``train`` call, in order; see :func:`write_timings`."""
 
 
-def write_timings(run: str, clock: dict[str, float]) -> dict[str, float]:
+def write_timings(run: str, clock: dict[str, float], extra: dict | None = None) -> dict:
     """Write ``timings.json``: wall seconds between consecutive :data:`TIMING_STAGES` marks.
 
     Args:
         run: run folder.
         clock: stage name → ``time.perf_counter()`` seconds; every stage must be present.
+        extra: more keys to write (a time-budget run's ``budget`` record).
 
     Returns:
         ``data_seconds`` (scan, deduplicate, split; 0 on resume), ``setup_seconds`` (datasets
         and model), ``fit_seconds`` (epochs of this call, with validation and checkpoints),
         ``save_seconds`` (``model.keras``), ``evaluate_seconds`` (test split, plots, report) and
-        ``total_seconds``. Python and TensorFlow start-up are not included.
+        ``total_seconds`` (from ``start``: the command line sets it before importing
+        TensorFlow), plus ``extra``.
     """
     stages = TIMING_STAGES
     out = {f"{b}_seconds": round(clock[b] - clock[a], 3)
            for a, b in zip(stages, stages[1:], strict=False)}
     out["total_seconds"] = round(clock[stages[-1]] - clock[stages[0]], 3)
+    out.update(extra or {})
     write_json(run_file(run, TIMINGS_FILE), out)
     return out
 

@@ -19,7 +19,14 @@ import numpy as np
 import tensorflow as tf
 
 from catsdogs.augment import AUGMENTATIONS
-from catsdogs.callbacks import AtomicModelCheckpoint, HistoryCSV, ProgressiveResize
+from catsdogs.budget import BudgetPlan, reserve_seconds
+from catsdogs.callbacks import (
+    AtomicModelCheckpoint,
+    FollowBudget,
+    HistoryCSV,
+    PlannedValidation,
+    ProgressiveResize,
+)
 from catsdogs.config import TrainConfig
 from catsdogs.constants import CLASSES
 from catsdogs.data.images import load_image
@@ -288,10 +295,55 @@ class DogAndPetLoss(keras.losses.Loss):
                 "label_smoothing": self.label_smoothing}
 
 
-def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
-    """The learning rate, a float (``constant``) or a Keras schedule (``cosine``: linear warm-up
-    then cosine decay to 0; Loshchilov & Hutter 2017, "SGDR", arXiv:1608.03983; warm-up: Goyal
-    et al. 2017, arXiv:1706.02677).
+@keras.saving.register_keras_serializable(package="catsdogs")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from a tenth of the peak to the peak, then cosine decay to 0 at the last
+    step (Loshchilov & Hutter 2017, "SGDR", arXiv:1608.03983; warm-up: Goyal et al. 2017,
+    arXiv:1706.02677) — the numbers of Keras' ``CosineDecay(warmup_target=…, alpha=0)``, but
+    with the warm-up and total lengths held in variables, so a time-budget run
+    (:mod:`catsdogs.budget`) can re-plan them while training and the rate still reaches 0 at
+    the step training stops.
+
+    Args:
+        peak: peak learning rate.
+        warmup_steps: optimizer steps of the warm-up (0: none).
+        total_steps: optimizer steps of the whole schedule.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int):
+        self.peak = float(peak)
+        self.warmup_steps = tf.Variable(float(warmup_steps), trainable=False, name="warmup")
+        self.total_steps = tf.Variable(float(total_steps), trainable=False, name="total")
+
+    def set_length(self, warmup_steps: int, total_steps: int) -> None:
+        """Change the warm-up and total lengths, in optimizer steps."""
+        self.warmup_steps.assign(float(warmup_steps))
+        self.total_steps.assign(float(total_steps))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup, total = self.warmup_steps, self.total_steps
+        start = self.peak / 10.0
+        warm = start + (self.peak - start) * step / tf.maximum(warmup, 1.0)
+        done = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0), 0.0, 1.0)
+        decay = 0.5 * self.peak * (1.0 + tf.cos(np.pi * done))
+        return tf.where(step < warmup, warm, decay)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": float(self.warmup_steps.numpy()),
+                "total_steps": float(self.total_steps.numpy())}
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up length, optimizer steps: :attr:`TrainConfig.warmup_epochs` epochs, at most a
+    tenth of a time-budget run's planned steps (a short budget must not be all warm-up)."""
+    steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return min(steps, total_steps // 10) if cfg.time_budget else steps
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int, total_steps: int | None = None):
+    """The learning rate: a float (``constant``) or a :class:`WarmupCosine` (``cosine``) over
+    ``total_steps`` (default: :attr:`TrainConfig.epochs` epochs).
 
     Raises:
         ConfigError: unknown schedule.
@@ -299,22 +351,19 @@ def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
     if cfg.schedule == "constant":
         return cfg.learning_rate
     if cfg.schedule == "cosine":
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-        total = cfg.epochs * steps_per_epoch
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=cfg.learning_rate / 10 if warmup else cfg.learning_rate,
-            decay_steps=max(1, total - warmup), alpha=0.0,
-            warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup)
+        total = total_steps or cfg.epochs * steps_per_epoch
+        return WarmupCosine(cfg.learning_rate, warmup_steps(cfg, steps_per_epoch, total), total)
     raise ConfigError(f"unknown schedule {cfg.schedule!r}; choose constant or cosine")
 
 
-def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Compile with the configured optimizer, learning-rate schedule and binary cross-entropy.
+def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int, lr=None) -> None:
+    """Compile with the configured optimizer, learning rate ``lr`` (default: the configured
+    schedule, :func:`learning_rate`) and binary cross-entropy.
 
     Raises:
         ConfigError: unknown optimizer or schedule.
     """
-    lr = learning_rate(cfg, steps_per_epoch)
+    lr = learning_rate(cfg, steps_per_epoch) if lr is None else lr
     if cfg.optimizer == "adam":
         opt = keras.optimizers.Adam(lr)
     elif cfg.optimizer == "adamw":  # Loshchilov & Hutter 2019, arXiv:1711.05101
@@ -328,9 +377,11 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int) ->
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
 
 
-def build_for_training(cfg: TrainConfig, steps_per_epoch: int) -> tuple[keras.Model, str]:
+def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None
+                       ) -> tuple[keras.Model, str]:
     """Build and compile the model in the configured precision, under a ``tf.distribute``
-    strategy scope (the default strategy).
+    strategy scope (the default strategy), with learning rate ``lr`` (default:
+    :func:`learning_rate`).
 
     Returns:
         ``(model, precision)`` with precision ``"float32"`` or ``"mixed_bfloat16"``.
@@ -344,7 +395,7 @@ def build_for_training(cfg: TrainConfig, steps_per_epoch: int) -> tuple[keras.Mo
     try:
         with tf.distribute.get_strategy().scope():
             model = build_model(cfg.model, cfg.image_size, **model_kwargs(cfg))
-            compile_model(model, cfg, steps_per_epoch)
+            compile_model(model, cfg, steps_per_epoch, lr=lr)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     # The pipeline resizes every batch already: the model must not resize training batches
@@ -353,17 +404,20 @@ def build_for_training(cfg: TrainConfig, steps_per_epoch: int) -> tuple[keras.Mo
     return model, precision
 
 
-def make_callbacks(cfg: TrainConfig, augment, resume: bool) -> list[keras.callbacks.Callback]:
-    """NaN guard, progressive resizing, ``history.csv``, the best-weights checkpoint,
-    TensorBoard logs and, last, the resumable backup."""
+def make_callbacks(cfg: TrainConfig, augment, resume: bool, follow: FollowBudget | None = None
+                   ) -> list[keras.callbacks.Callback]:
+    """NaN guard, the time-budget plan (``follow``), progressive resizing, ``history.csv``, the
+    best-weights checkpoint, TensorBoard logs and, last, the resumable backup."""
     run = cfg.out
     checkpoint = AtomicModelCheckpoint(run_file(run, BEST_WEIGHTS), monitor="val_loss", mode="min",
                                        save_best_only=True, save_weights_only=True)
     if resume and (validated := validated_rows(read_history(run_file(run, HISTORY_FILE)))):
         checkpoint.best = min(float(r["val_loss"]) for r in validated)
+    size_of = follow.plan.size if follow is not None else cfg.train_size
     return [
         keras.callbacks.TerminateOnNaN(),
-        *([ProgressiveResize(cfg, augment)] if cfg.train_sizes else []),
+        *([follow] if follow is not None else []),
+        *([ProgressiveResize(size_of, augment, cfg.image_size)] if cfg.train_sizes else []),
         HistoryCSV(run_file(run, HISTORY_FILE)),
         checkpoint,
         # Scalars per epoch (loss, accuracy, val_*, learning rate); no graph, no profiling.
@@ -374,6 +428,101 @@ def make_callbacks(cfg: TrainConfig, augment, resume: bool) -> list[keras.callba
         keras.callbacks.BackupAndRestore(run_file(run, BACKUP_DIR), double_checkpoint=True,
                                          delete_checkpoint=False),
     ]
+
+
+def measure_throughput(model: keras.Model, train_ds, augment, sizes: list[int], image_size: int,
+                       batch_size: int, calls: int = 4) -> tuple[dict[str, float], float]:
+    """Time training steps at each training size, after tracing, on real training batches
+    (the input pipeline runs alongside, as in ``fit``); then put the weights and the optimizer
+    state back as they were.
+
+    Args:
+        model: the compiled model.
+        train_ds: the training dataset (its augmentation resizes to ``augment``'s output size).
+        augment: the training augmentation (``set_output_size`` for each size), or None.
+        sizes: training sides, pixels.
+        image_size: the validation side, pixels.
+        batch_size: photos per batch (for the validation batch).
+        calls: timed steps per size (the median counts).
+
+    Returns:
+        Seconds per optimizer step at each size (keys: the size as a string), and seconds per
+        validation batch (a forward pass of ``batch_size`` photos at ``image_size``).
+    """
+    weights = model.get_weights()
+    model.optimizer.build(model.trainable_variables)
+    state = [v.numpy() for v in model.optimizer.variables]
+    seconds: dict[str, float] = {}
+    for size in sizes:
+        if hasattr(augment, "set_output_size"):
+            augment.set_output_size(size)
+        batches = iter(train_ds.repeat())
+        model.train_on_batch(*next(batches))  # traces the step at this size
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            model.train_on_batch(*next(batches))
+            times.append(time.perf_counter() - t0)
+        seconds[str(size)] = float(np.median(times))
+    x = np.zeros((batch_size, image_size, image_size, 3), np.float32)
+    y = np.zeros((batch_size, *model.output.shape[1:]), np.float32)
+    model.test_on_batch(x, y)
+    t0 = time.perf_counter()
+    model.test_on_batch(x, y)
+    val_batch = time.perf_counter() - t0
+    model.set_weights(weights)
+    for v, value in zip(model.optimizer.variables, state, strict=True):
+        v.assign(value)
+    return seconds, val_batch
+
+
+def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_per_epoch: int,
+                examples: list[Example], resume: bool, started: float) -> BudgetPlan:
+    """The time-budget plan of a run: on resume, the saved ``plan.json`` (the same plan, not
+    re-measured); else measure the throughput (:func:`measure_throughput`) and plan the
+    steps that fit in the budget left (:meth:`catsdogs.budget.BudgetPlan.replan`).
+
+    Args:
+        started: ``time.perf_counter()`` when the command started; the budget counts from it.
+
+    Raises:
+        RunError: a resumed run without a readable ``plan.json``.
+    """
+    if resume:
+        plan = BudgetPlan.load(cfg.out)
+        print(f"Resuming the time-budget plan: {plan.total_steps} steps "
+              f"({plan.epochs()} epochs), {plan.spent_seconds / 60:.1f} of "
+              f"{plan.budget_seconds / 60:g} min used")
+        return plan
+    t0 = time.perf_counter()
+    sizes = cfg.train_sizes or [cfg.image_size]
+    step_seconds, val_batch = measure_throughput(model, train_ds, augment, sizes,
+                                                 cfg.image_size, cfg.batch_size)
+    n_val = len(select(examples, "val")[0])
+    val_seconds = val_batch * np.ceil(n_val / cfg.batch_size)
+    plan = BudgetPlan(cfg.budget_seconds, steps_per_epoch, sizes, step_seconds, val_seconds,
+                      reserve_seconds(_photos_after_training(cfg, examples), n_val, val_seconds),
+                      val_every=cfg.val_every, granularity=cfg.steps_per_execution,
+                      calibration_seconds=time.perf_counter() - t0, batch_size=cfg.batch_size)
+    planned = plan.replan(0, time.perf_counter() - started)
+    plan.planned_steps = planned
+    plan.max_steps = (int(np.ceil(1.5 * plan.epochs())) + 1) * steps_per_epoch
+    rates = ", ".join(f"{s} px {cfg.batch_size / t:.0f}" for s, t in step_seconds.items())
+    print(f"Time budget {cfg.time_budget:g} min: measured photos/s {rates}; planned "
+          f"{planned} steps ({planned / steps_per_epoch:.1f} epochs), "
+          f"{plan.reserve_seconds:.0f} s kept for the evaluation")
+    return plan
+
+
+def _photos_after_training(cfg: TrainConfig, examples: list[Example]) -> int:
+    """Model passes after the last training step: the validation split (rejection threshold)
+    and the test split, twice each with test-time flips; with ``other`` also the other photos
+    not trained on and the synthetic test outliers (about 800)."""
+    n = sum(e.split in ("val", "test") for e in examples)
+    if cfg.other:
+        n += sum(e.split != "train" for e in load_other_split(run_file(cfg.out, OTHER_SPLITS_FILE)))
+        n += 800
+    return n * (2 if cfg.inference.tta else 1)
 
 
 def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> keras.Model:
@@ -407,8 +556,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         resume: continue an interrupted run from its last completed epoch.
         overwrite: delete an existing run folder first.
         progress: show progress bars (otherwise one line per epoch).
-        clock: filled with ``time.perf_counter()`` marks ``start``, ``data``, ``setup``, ``fit``,
-            ``save`` (:func:`catsdogs.runfolder.write_timings`).
+        clock: filled with ``time.perf_counter()`` marks ``start`` (kept when given: a time
+            budget counts from it), ``data``, ``setup``, ``fit``, ``save``
+            (:func:`catsdogs.runfolder.write_timings`).
 
     Returns:
         The trained float32 model, or None when resuming a run whose training had already
@@ -421,7 +571,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         ConfigError: a setting that cannot train (:func:`check_config`).
     """
     clock = clock if clock is not None else {}
-    clock["start"] = time.perf_counter()
+    clock.setdefault("start", time.perf_counter())
     check_config(cfg)
     prepare_run_folder(cfg.out, resume, overwrite)
     if resume and training_finished(cfg.out):
@@ -432,18 +582,37 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept)
     kept.clear()
-    model, precision = build_for_training(cfg, steps)
-    if cfg.val_every > 1:
+    lr = learning_rate(cfg, steps)
+    model, precision = build_for_training(cfg, steps, lr)
+    follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
+                            clock["start"]) if cfg.time_budget else None
+    epochs = follow.plan.max_steps // steps if follow else cfg.epochs
+    validation = PlannedValidation(follow.plan) if follow else cfg.validation_epochs()
+    if cfg.val_every > 1 and not follow:
         print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
-    callbacks = make_callbacks(cfg, augment, resume)
+    callbacks = make_callbacks(cfg, augment, resume, follow)
     clock["setup"] = time.perf_counter()
     try:
-        model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                  validation_freq=cfg.validation_epochs(), shuffle=False,
-                  verbose=1 if progress else 2)
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
+                  validation_freq=validation, shuffle=False, verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.out, run_file(cfg.out, BACKUP_DIR)) from None
     clock["fit"] = time.perf_counter()
     model = save_trained_model(model, cfg, precision)
     clock["save"] = time.perf_counter()
     return model
+
+
+def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
+                   examples: list[Example], resume: bool, lr, started: float) -> FollowBudget:
+    """The callback that trains ``model`` to the run's time budget (:func:`plan_budget`)."""
+    plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started)
+    plan.save(cfg.out)
+    spent_before = plan.spent_seconds if resume else 0.0
+
+    def spent() -> float:
+        return spent_before + time.perf_counter() - started
+
+    return FollowBudget(plan, lr if isinstance(lr, WarmupCosine) else None,
+                        lambda total: warmup_steps(cfg, steps, total),
+                        lambda p: p.save(cfg.out), spent)
