@@ -3,6 +3,11 @@
     python benchmarks/run.py --data ../shared/data/PetImages            # make bench
     python benchmarks/run.py --data ../shared/data/PetImages --quick    # make bench-quick
 
+Plus the accuracy-vs-budget curve: ``default`` trained to time budgets of 3, 5, 10 and 20
+minutes (the ``default`` row itself is the 30-minute point; ``--quick``: one 1-minute budget on
+a subset) → test accuracy, wall time and overrun per budget, ``baseline`` as the reference
+line; ``benchmarks/results/budget.png``.
+
 Trains each preset with the real command line (``catsdogs train``, a subprocess, so wall time
 and peak memory are the user's), then reads the run folder. Writes
 ``benchmarks/results/latest.json`` and ``latest.md`` (also printed); keys are documented in
@@ -77,9 +82,10 @@ def model_flops(preset: str, image_size: int, model_kwargs: dict, name: str) -> 
     return float(profile(frozen.graph, options=opts).total_float_ops)
 
 
-def train_preset(data: str, preset: str, workdir: str, extra: list[str]) -> dict:
-    """Run ``catsdogs train`` for one preset; return wall time, peak RSS and the run folder."""
-    out = os.path.join(workdir, preset)
+def train_preset(data: str, preset: str, workdir: str, extra: list[str], name: str = "") -> dict:
+    """Run ``catsdogs train`` for one preset (into ``workdir/name``, default the preset's
+    name); return wall time, peak RSS and the run folder."""
+    out = os.path.join(workdir, name or preset)
     cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", data, "--out", out,
            "--preset", preset, "--no-progress", "--overwrite", *extra]
     print("$ catsdogs " + " ".join(cmd[3:]), flush=True)
@@ -112,14 +118,18 @@ def summarise_run(run: str, peak: float) -> dict:
     with open(os.path.join(run, "timings.json")) as fh:
         timings = json.load(fh)
     train_seconds = sum(float(r["seconds"]) for r in history)
-    photos_per_s = n_train * len(history) / train_seconds
+    budget = timings.get("budget")
+    # A time-budget run's last epoch may be partial: count its optimizer steps instead.
+    epochs_done = budget["epochs"] if budget else len(history)
+    photos_per_s = n_train * epochs_done / train_seconds
     flops = model_flops(cfg["preset"], cfg["image_size"], cfg["model_kwargs"], cfg["model"])
     # Progressive resizing trains epochs at different sizes: average the forward FLOPs of the
     # size each epoch trained at (every epoch sees the same photos).
+    from catsdogs.budget import BudgetPlan
     from catsdogs.config import TrainConfig
 
-    train_cfg = TrainConfig.load(run)
-    sizes = [train_cfg.train_size(e) for e in range(len(history))]
+    size_of = (BudgetPlan.load(run).size if budget else TrainConfig.load(run).train_size)
+    sizes = [size_of(e) for e in range(len(history))]
     per_size = {s: flops if s == cfg["image_size"] else
                 model_flops(cfg["preset"], s, cfg["model_kwargs"], cfg["model"])
                 for s in set(sizes)}
@@ -142,7 +152,53 @@ def summarise_run(run: str, peak: float) -> dict:
             "seconds_to_val_accuracy": reach,
             "best_val_accuracy": max(float(r["val_accuracy"]) for r in validated),
             "test_accuracy": metrics["accuracy"], "test_roc_auc": metrics["roc_auc"],
-            "test_n": metrics["n"], "timings": timings}
+            "test_n": metrics["n"], "timings": timings,
+            "budget_minutes": cfg.get("time_budget"), "other": bool(cfg.get("other"))}
+
+
+def budget_curve(rows: list[dict]) -> list[dict]:
+    """One point per time-budget run of ``default``: budget, test accuracy, wall time of the
+    whole command and its overrun (seconds and fraction of the budget; negative: time left)."""
+    points = []
+    for r in rows:
+        if r["preset"] != "default" or not r.get("budget_minutes"):
+            continue
+        budget_s = 60 * r["budget_minutes"]
+        points.append({"budget_minutes": r["budget_minutes"], "test_accuracy": r["test_accuracy"],
+                       "wall_seconds": r["wall_seconds"],
+                       "overrun_seconds": r["wall_seconds"] - budget_s,
+                       "overrun_fraction": (r["wall_seconds"] - budget_s) / budget_s,
+                       "planned_steps": r["timings"]["budget"]["planned_steps"],
+                       "steps": r["timings"]["budget"]["steps"],
+                       "epochs": r["timings"]["budget"]["epochs"], "other": r["other"]})
+    return sorted(points, key=lambda p: p["budget_minutes"])
+
+
+def plot_budget(points: list[dict], baseline: dict | None, file: str) -> None:
+    """Test accuracy against the time budget (``budget.png``), ``baseline`` as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    x = [p["budget_minutes"] for p in points]
+    ax.plot(x, [100 * p["test_accuracy"] for p in points], "o-", label="default, time budget")
+    for p in points:
+        ax.annotate(f"{p['wall_seconds'] / 60:.1f} min", (p["budget_minutes"],
+                                                           100 * p["test_accuracy"]),
+                    textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7)
+    if baseline is not None:
+        ax.axhline(100 * baseline["test_accuracy"], color="grey", ls="--",
+                   label=f"baseline (tutorial net, {baseline['wall_seconds'] / 60:.1f} min)")
+    ax.set_xlabel("time budget, minutes (the whole train command)")
+    ax.set_ylabel("test accuracy, %")
+    ax.set_title("Accuracy per time budget (labels: measured wall time)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(file)
+    plt.close(fig)
 
 
 def input_pipeline(data: str, n: int = 2000, image_size: int = 112) -> float:
@@ -283,6 +339,17 @@ def markdown(result: dict) -> str:
             f"{r['achieved_flops_per_s'] / 1e9:.1f}{flops} | "
             f"{100 * r['fraction_of_peak']:.1f} | {r['peak_rss_bytes'] / 2**30:.2f} | {reach} | "
             f"{r['test_accuracy']:.4f}{errors} |")
+    curve = result.get("budget_curve")
+    if curve:
+        lines += ["", "Accuracy per time budget (`default`, the whole `train` command; "
+                      "overrun: wall time beyond the budget, negative = time left):", "",
+                  "| budget min | test acc | wall min | overrun s (% of budget) | "
+                  "planned / trained steps | epochs |", "| --- | --- | --- | --- | --- | --- |"]
+        for p in curve:
+            lines.append(f"| {p['budget_minutes']:g} | {p['test_accuracy']:.4f} | "
+                         f"{p['wall_seconds'] / 60:.1f} | {p['overrun_seconds']:+.0f} "
+                         f"({100 * p['overrun_fraction']:+.1f} %) | {p['planned_steps']} / "
+                         f"{p['steps']} | {p['epochs']:.1f} |")
     inf = result.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['run_preset']} model; one photo = JPEG bytes → decode + "
@@ -305,6 +372,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="≤ 3 minutes: quick preset, baseline/default on a 400-photo subset")
     parser.add_argument("--presets", default=None, help="comma-separated (full mode)")
+    parser.add_argument("--budgets", default=None,
+                        help="comma-separated minutes for the accuracy-vs-budget curve besides "
+                             "the default preset's own 30 (default: 3,5,10,20; quick: none, "
+                             "its default row is a 1-minute budget); 'none' skips it")
+    parser.add_argument("--other", default=None, metavar="DIR",
+                        help="non-pet photos for --other in the default runs (as `make "
+                             "train` does when ../shared/data/other exists)")
     parser.add_argument("--sample", default=os.path.join(HERE, "..", "..", "shared", "data",
                                                          "samples", "cat.4001.jpg"))
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -328,15 +402,22 @@ def main() -> int:
     else:
         workdir = tempfile.mkdtemp(prefix="catsdogs-bench-")
     peak = peak_matmul_flops()
+    other = ["--other", os.path.abspath(args.other)] if args.other else []
     if args.quick:
-        plan = [("default", ["--limit", "200", "--epochs", "1"]),
-                ("baseline", ["--limit", "200", "--epochs", "2"])]
+        # No --other here: its 4,000 outliers would outnumber a 400-photo subset.
+        plan = [("default", ["--limit", "200", "--time-budget", "1"], ""),
+                ("baseline", ["--limit", "200", "--epochs", "2"], "")]
+        budgets = []
     else:
         names = (args.presets or "default,fast,quick,baseline").split(",")
-        plan = [(p, []) for p in names]
+        plan = [(p, other if p in ("default", "fast") else [], "") for p in names]
+        budgets = [] if args.budgets == "none" else \
+            [float(b) for b in (args.budgets or "3,5,10,20").split(",")]
+    plan += [("default", ["--time-budget", f"{b:g}", *other], f"default-{b:g}min")
+             for b in budgets]
     rows = []
-    for preset, extra in plan:
-        info = train_preset(data, preset, workdir, extra)
+    for preset, extra, name in plan:
+        info = train_preset(data, preset, workdir, extra, name)
         rows.append({**summarise_run(info["run"], peak), **info})
     result = {
         "mode": "quick" if args.quick else "full",
@@ -347,7 +428,12 @@ def main() -> int:
         "peak_flops_per_s": peak,
         "input_pipeline_photos_per_s": input_pipeline(data, n=500 if args.quick else 2000),
         "presets": rows,
+        "budget_curve": budget_curve(rows),
     }
+    os.makedirs(args.out, exist_ok=True)
+    if result["budget_curve"]:
+        plot_budget(result["budget_curve"], next((r for r in rows if r["preset"] == "baseline"),
+                                                 None), os.path.join(args.out, "budget.png"))
     target = next((r for r in rows if r["preset"] == "default"), rows[-1])
     if os.path.exists(args.sample):
         result["inference"] = {**inference(target["run"], args.sample,
