@@ -261,8 +261,10 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
     exports = {fmt: export_run(run, fmt, verbose=False)
                for fmt in ("onnx", "tflite", "tflite-int8")}
     paths, labels = select(load_split(os.path.join(run, "splits.csv")), "val")
-    val = np.stack([prepare(load_image(p), size) for p in paths[:n_val]]).astype(np.float32)
-    val_y = np.asarray(labels[:n_val])
+    # Spread over the whole split: it is sorted by path, so its first photos are all cats.
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(n_val, len(paths))).astype(int))
+    val = np.stack([prepare(load_image(paths[i]), size) for i in pick]).astype(np.float32)
+    val_y = np.asarray(labels)[pick]
     reference = _p_dog(keras_engine(val))
     engines = {"keras_predict": None, "tf_function": keras_engine,
                "onnx": load_engine(run, "onnx")[0], "tflite": load_engine(run, "tflite")[0],
@@ -332,8 +334,10 @@ def markdown(result: dict) -> str:
         photos = vs_base(r, lambda x: x["train_photos_per_s"])
         flops = vs_base(r, lambda x: x["achieved_flops_per_s"])
         errors = vs_base(r, lambda x: 1 - x["test_accuracy"], "baseline's errors")
+        name = r["preset"] + (f" ({r['budget_minutes']:g} min)" if r.get("budget_minutes")
+                              else "")
         lines.append(
-            f"| {r['preset']} | {r['image_size']} | {r['epochs']} | {r['wall_seconds']:.0f} | "
+            f"| {name} | {r['image_size']} | {r['epochs']} | {r['wall_seconds']:.0f} | "
             f"{r['train_photos_per_s']:.0f}{photos} | "
             f"{r['train_flops_per_photo'] / 1e9:.3f} / {r['model_flops_per_photo'] / 1e9:.3f} | "
             f"{r['achieved_flops_per_s'] / 1e9:.1f}{flops} | "
@@ -434,7 +438,9 @@ def main() -> int:
     if result["budget_curve"]:
         plot_budget(result["budget_curve"], next((r for r in rows if r["preset"] == "baseline"),
                                                  None), os.path.join(args.out, "budget.png"))
-    target = next((r for r in rows if r["preset"] == "default"), rows[-1])
+    # Inference on the longest-trained default run (its own preset budget before the curve's).
+    defaults = [r for r in rows if r["preset"] == "default"]
+    target = max(defaults, key=lambda r: r["wall_seconds"]) if defaults else rows[-1]
     if os.path.exists(args.sample):
         result["inference"] = {**inference(target["run"], args.sample,
                                            n_single=50 if args.quick else 200),

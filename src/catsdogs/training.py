@@ -181,7 +181,9 @@ def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool
     if resume:
         cfg = TrainConfig.load(run)
         cfg.out = run
-        print(f"Resuming {run} (preset {cfg.preset}, {cfg.epochs} epochs)")
+        length = (f"a {cfg.time_budget:g}-minute budget" if cfg.time_budget
+                  else f"{cfg.epochs} epochs")
+        print(f"Resuming {run} (preset {cfg.preset}, {length})")
         return cfg, load_split(run_file(run, SPLITS_FILE)), {}
     kept = prepare_data(cfg, run, progress)[1]
     cfg.save(run, versions=software_versions())
