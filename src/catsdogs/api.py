@@ -293,9 +293,11 @@ def _finish_timings(run: str, clock: dict[str, float], evaluated: bool) -> None:
     plan = BudgetPlan.load(run) if os.path.exists(run_file(run, PLAN_FILE)) else None
     extra = {}
     if plan is not None:
-        extra["budget"] = plan.summary()
-        total = clock["evaluate"] - clock["start"]
-        extra["budget"]["left_seconds"] = round(plan.budget_seconds - total, 1)
+        # Budget used: up to the last epoch (counted across resumed processes) plus what came
+        # after it in this one.
+        used = plan.spent_seconds + clock["evaluate"] - clock["fit"]
+        extra["budget"] = {**plan.summary(), "used_seconds": round(used, 1),
+                           "left_seconds": round(plan.budget_seconds - used, 1)}
         raw = read_json(run_file(run, CONFIG_FILE)) or {}
         write_json(run_file(run, CONFIG_FILE), {**raw, "budget": extra["budget"]})
     t = write_timings(run, clock, extra)

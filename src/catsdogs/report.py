@@ -99,9 +99,9 @@ def budget_lines(plan: BudgetPlan, timings: dict | None = None) -> list[str]:
              f"one; last speed {plan.speed:.2f}× the measured one. Training ended "
              f"{plan.spent_seconds / 60:.1f} min into the budget, {plan.reserve_seconds:.0f} s "
              f"kept for the evaluation."]
-    if timings:
-        left = plan.budget_seconds - timings["total_seconds"]
-        lines += ["", f"Whole command: {timings['total_seconds'] / 60:.1f} min, "
+    if timings and "budget" in timings:
+        used, left = timings["budget"]["used_seconds"], timings["budget"]["left_seconds"]
+        lines += ["", f"Whole command: {used / 60:.1f} min, "
                       f"{abs(left):.0f} s {'left' if left >= 0 else 'over budget'}."]
     return lines
 

@@ -501,7 +501,7 @@ def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_p
     step_seconds, val_batch = measure_throughput(model, train_ds, augment, sizes,
                                                  cfg.image_size, cfg.batch_size)
     n_val = len(select(examples, "val")[0])
-    val_seconds = val_batch * np.ceil(n_val / cfg.batch_size)
+    val_seconds = float(val_batch * np.ceil(n_val / cfg.batch_size))
     plan = BudgetPlan(cfg.budget_seconds, steps_per_epoch, sizes, step_seconds, val_seconds,
                       reserve_seconds(_photos_after_training(cfg, examples), n_val, val_seconds),
                       val_every=cfg.val_every, granularity=cfg.steps_per_execution,
