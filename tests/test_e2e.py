@@ -113,6 +113,23 @@ def _wait_for(predicate, timeout, proc=None):
     return False
 
 
+def _train_then_kill(cmd: list[str], history, epochs: int) -> str:
+    """Start ``catsdogs train`` (``cmd``), SIGKILL it once ``history`` has ``epochs`` rows;
+    return its output."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+    def epochs_done():
+        return history.exists() and len(history.read_text().strip().splitlines()) - 1 >= epochs
+
+    try:
+        assert _wait_for(epochs_done, 600, proc), proc.communicate()[0][-3000:]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        output = proc.communicate()[0].decode()
+    return output
+
+
 def test_kill_minus_nine_then_resume(tmp_path):
     real = require_shared("PetImages")
     pets = tmp_path / "pets"  # 150 real photos per class, linked (scanning all 25k is slow)
@@ -125,18 +142,8 @@ def test_kill_minus_nine_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(pets), "--out", str(run),
            "--preset", "quick", "--limit", "60", "--epochs", str(epochs), "--batch-size", "4",
            "--no-progress"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     history = run / "history.csv"
-
-    def epochs_done():
-        return history.exists() and len(history.read_text().strip().splitlines()) - 1 >= 2
-
-    try:
-        assert _wait_for(epochs_done, 600, proc), proc.communicate()[0][-3000:]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _train_then_kill(cmd, history, 2)
     assert not (run / "model.keras").exists()
     done_before = len(history.read_text().strip().splitlines()) - 1
     assert 2 <= done_before < epochs
@@ -165,18 +172,8 @@ def test_kill_minus_nine_mid_budget_then_resume_continues_the_same_plan(make_fol
     cmd = [sys.executable, "-m", "catsdogs.cli", "train", "--data", str(data), "--out", str(run),
            "--preset", "quick", "--image-size", "32", "--train-sizes", "24,32",
            "--batch-size", "4", "--time-budget", "1", "--no-progress"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     history = run / "history.csv"
-
-    def some_epochs_done():
-        return history.exists() and len(history.read_text().strip().splitlines()) - 1 >= 3
-
-    try:
-        assert _wait_for(some_epochs_done, 600, proc), proc.communicate()[0][-3000:]
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        output = proc.communicate()[0].decode()
+    output = _train_then_kill(cmd, history, 3)
     assert "measured photos/s" in output and not (run / "model.keras").exists()
     before = json.loads((run / "plan.json").read_text())
     done_before = len(history.read_text().strip().splitlines()) - 1
