@@ -64,22 +64,9 @@ def peak_matmul_flops(n: int = 2048, repeats: int = 20) -> float:
 
 def model_flops(preset: str, image_size: int, model_kwargs: dict, name: str) -> float:
     """Forward FLOPs for one photo (multiply-add = 2 FLOPs), from TF's graph profiler."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-    from tensorflow.python.profiler.model_analyzer import profile
-    from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
+    from catsdogs.models import build_model, forward_flops
 
-    from catsdogs.models import build_model
-
-    model = build_model(name, image_size, **model_kwargs)
-    spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32)
-    frozen = convert_variables_to_constants_v2(
-        tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
-    opts = ProfileOptionBuilder.float_operation()
-    opts["output"] = "none"
-    return float(profile(frozen.graph, options=opts).total_float_ops)
+    return forward_flops(build_model(name, image_size, **model_kwargs), image_size)
 
 
 def train_preset(data: str, preset: str, workdir: str, extra: list[str], name: str = "") -> dict:

@@ -23,7 +23,7 @@ from catsdogs.explain import (
     overlay,
     png_bytes,
 )
-from catsdogs.models import build_model
+from catsdogs.models import available_models, build_model
 from catsdogs.predict import Predictor
 
 
@@ -94,7 +94,7 @@ def test_gradcam_predicted_class_default():
         cam(reddish[..., 0])
 
 
-@pytest.mark.parametrize("name,size", [("baseline", 64), ("resnet", 64)])
+@pytest.mark.parametrize("name,size", [(name, 64) for name in available_models()])
 def test_gradcam_on_catsdogs_models(name, size):
     model = build_model(name, image_size=size)
     feature_shape = model.get_layer("features").output.shape

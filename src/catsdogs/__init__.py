@@ -38,7 +38,8 @@ must be set before TensorFlow is imported, which is why it lives here;
 
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", ONEDNN_DEFAULT)
 
-_API = ("train", "load", "Run", "Prediction", "Explanation", "TrainConfig", "InferenceSettings")
+_API = ("train", "load", "models", "Run", "Prediction", "Explanation", "TrainConfig",
+        "InferenceSettings")
 """Public names served from :mod:`catsdogs.api` on first use."""
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __getattr__
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time these come from __g
         Run,
         TrainConfig,
         load,
+        models,
         train,
     )
 

@@ -31,6 +31,7 @@ from catsdogs.engines import load_config
 from catsdogs.errors import ConfigError, ImageError, RunError
 from catsdogs.evaluate import evaluate_run, refresh_report
 from catsdogs.explain import Explanation, GradCAM, explain_image, write_png
+from catsdogs.models import available_models, describe_model
 from catsdogs.predict import Prediction, Predictor, predict_paths
 from catsdogs.rejection import calibrate, evaluate_other_folder
 from catsdogs.runfolder import (
@@ -272,8 +273,9 @@ def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None =
     if not resume and not data:
         raise ConfigError("data (the labelled photo folder) is required unless resume=True "
                           "continues an existing run")
-    if settings.get("other"):
-        settings["other"] = os.path.abspath(os.fspath(settings["other"]))
+    for key in ("other", "weights"):  # paths stay valid when resumed from another folder
+        if settings.get(key) and settings[key] not in ("none", "imagenet"):
+            settings[key] = os.path.abspath(os.fspath(settings[key]))
     cfg = make_config(preset, data=data and os.path.abspath(os.fspath(data)),
                       out=os.fspath(out), **settings)
     clock = {"start": time.perf_counter() if started is None else started}
@@ -307,6 +309,14 @@ def _finish_timings(run: str, clock: dict[str, float], evaluated: bool) -> None:
           f"training {t['fit_seconds']:.0f} s, evaluation {t['evaluate_seconds']:.0f} s"
           + (f", {t['budget']['left_seconds']:.0f} s of the budget left" if plan else "")
           + f" → {run_file(run, TIMINGS_FILE)}")
+
+
+def models() -> Iterator[dict]:
+    """Every model :func:`train` can build (``model=…``), described one at a time as it is
+    built: name, default size, parameters, FLOPs per photo and pretrained weights
+    (:func:`catsdogs.models.describe_model`)."""
+    for name in available_models():
+        yield describe_model(name)
 
 
 def load(run_dir: str | os.PathLike) -> Run:

@@ -1,4 +1,4 @@
-"""The ``catsdogs`` command line: ``catsdogs data|train|evaluate|predict|explain|serve|export``.
+"""The command line: ``catsdogs data|train|models|evaluate|predict|explain|serve|export``.
 
 A thin layer over the Python API (:mod:`catsdogs.api`): it parses options, calls the API and
 prints. Every sub-command has ``--help``. Errors caused by input (bad folder, bad run folder, bad
@@ -102,6 +102,18 @@ def cmd_train(args) -> int:
         raise ConfigError("--data DIR is required (unless --resume continues an existing run)")
     _api().train(args.data, args.out, args.preset, resume=args.resume, overwrite=args.overwrite,
                  progress=not args.no_progress, started=started, **train_settings(args))
+    return EXIT_OK
+
+
+def cmd_models(args) -> int:
+    rows = []
+    print(f"{'model':<20} {'size':>5} {'parameters':>11} {'GFLOPs/photo':>13}  weights")
+    for row in _api().models():
+        rows.append(row)
+        print(f"{row['name']:<20} {row['image_size']:>5} {row['parameters']:>11,} "
+              f"{row['flops'] / 1e9:>13.3f}  {row['weights']}", flush=True)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -224,7 +236,8 @@ _FLAG_TYPES = {"train_sizes": (_sizes, "PX[,PX…]"), "val_every": (_positive, "
                "epochs": (_positive, "N"), "batch_size": (_positive, "N"),
                "image_size": (_positive, "PX"), "limit": (_positive, "N_PER_CLASS"),
                "seed": (int, "N"), "model": (str, "NAME"), "other": (str, "DIR"),
-               "time_budget": (_minutes, "MINUTES")}
+               "time_budget": (_minutes, "MINUTES"), "weights": (str, "none|imagenet|PATH"),
+               "head_epochs": (int, "N")}
 """argparse type and metavar of each per-setting ``train`` flag (others: ``str``)."""
 
 
@@ -292,6 +305,18 @@ def _add_train(sub) -> None:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     _progress_flag(tr)
     tr.set_defaults(func=cmd_train)
+
+
+def _add_models(sub) -> None:
+    mo = sub.add_parser(
+        "models", help="list the models train can build, with their size and cost",
+        description="List every model name --model accepts: the size it is built at by "
+                    "default (pixels), trainable parameters, forward GFLOPs per photo at that "
+                    "size, and pretrained weights: 'imagenet (cached)' when Keras' cache "
+                    "($KERAS_HOME/models, default ~/.keras/models) holds its ImageNet file, "
+                    "'none (ours)' for our own from-scratch models.")
+    mo.add_argument("--json", metavar="FILE", help="also write the list as JSON")
+    mo.set_defaults(func=cmd_models)
 
 
 def _add_evaluate_predict(sub) -> None:
@@ -374,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                "catsdogs predict runs/pets photo.jpg")
     parser.add_argument("--version", action="version", version=f"catsdogs {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_train, _add_evaluate_predict, _add_serve, _add_export_explain):
+    for add in (_add_data, _add_train, _add_models, _add_evaluate_predict, _add_serve,
+                _add_export_explain):
         add(sub)
     return parser
 

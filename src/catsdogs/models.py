@@ -13,13 +13,20 @@ also answers P(pet), "a cat or a dog at all", from a second logit: its output is
 
 from __future__ import annotations
 
+import inspect
 import os
 import zipfile
 from collections.abc import Callable
 
 import keras
+import tensorflow as tf
 from keras import layers
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.python.profiler.model_analyzer import profile
+from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
+from tensorflow.python.util.deprecation import silence
 
+from catsdogs.backbones import BACKBONES, CaffePreprocess, build_backbone, cached_weights
 from catsdogs.errors import ConfigError, RunError
 
 PET_COLUMN = 1
@@ -84,16 +91,18 @@ class Resize(layers.Resizing):
         return super().call(inputs)
 
 
-def preprocessing_head(image_size: int) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+def preprocessing_head(image_size: int, rescale: bool = True
+                       ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
     """Input of any size → ``Resizing`` (bilinear, antialias) → ``Rescaling(1/255)``.
 
     Returns ``(inputs, x)`` where ``inputs`` is ``(batch, None, None, 3) float32`` and ``x`` is
-    ``(batch, image_size, image_size, 3)`` in 0–1.
+    ``(batch, image_size, image_size, 3)`` in 0–1 (in 0–255 without ``rescale``).
     """
     inputs = keras.Input(shape=(None, None, 3), name="image")
     x = Resize(image_size, image_size, interpolation="bilinear", antialias=True,
                name="resize")(inputs)
-    x = layers.Rescaling(1.0 / 255, name="rescale")(x)
+    if rescale:
+        x = layers.Rescaling(1.0 / 255, name="rescale")(x)
     return inputs, x
 
 
@@ -175,6 +184,106 @@ def resnet(image_size: int = 128, widths: tuple[int, ...] = (32, 64, 128, 256),
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
     return keras.Model(inputs, _sigmoid_output(x, pet_head), name="resnet")
+
+
+BACKBONE_LAYER = "backbone"
+"""Name of the Keras Applications backbone (a nested model) inside a backbone model."""
+
+
+def _application(name: str, image_size: int = 160, weights: str | None = None,
+                 pretrained: bool | None = None, dropout: float = 0.2,
+                 pet_head: bool = False) -> keras.Model:
+    """A Keras Applications backbone (:data:`catsdogs.backbones.BACKBONES`) with a new head:
+    our resize → the backbone's own input scaling → backbone → ``features`` → global average
+    pooling → dropout → logit(s), as in https://keras.io/guides/transfer_learning/.
+
+    Args:
+        weights: ``none``/None, ``imagenet`` or a weights file of the backbone
+            (:func:`catsdogs.backbones.resolve_weights`).
+        pretrained: the backbone's batch-norm layers frozen, so they always run in inference
+            mode: fine-tuning must not overwrite statistics learnt on the pretraining data with
+            those of small batches (https://keras.io/guides/transfer_learning/). The guide's
+            ``base_model(x, training=False)`` is not enough in Keras 3: a functional model
+            passes the outer call's ``training=True`` (from ``fit``) on to every layer,
+            overriding the value recorded at the node; a non-trainable ``BatchNormalization``
+            runs in inference mode whatever it is called with. Default: when ``weights`` is
+            set.
+
+    Raises:
+        ConfigError: weights that cannot be found or loaded.
+    """
+    spec = BACKBONES[name]
+    inputs, x = preprocessing_head(image_size, rescale=False)
+    if spec.input_range == "caffe":
+        x = CaffePreprocess(name="imagenet_preprocess")(x)
+    backbone = build_backbone(name, weights)
+    backbone.name = BACKBONE_LAYER
+    if weights not in (None, "", "none") if pretrained is None else pretrained:
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
+    x = backbone(x)
+    x = layers.Identity(name="features")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    return keras.Model(inputs, _sigmoid_output(x, pet_head), name=name)
+
+
+def _register_backbone(name: str) -> None:
+    def builder(image_size: int = 224, **kwargs) -> keras.Model:
+        return _application(name, image_size, **kwargs)
+
+    builder.__doc__ = (f"{name} ({BACKBONES[name].source}) from Keras Applications with a "
+                       f"binary head; see :func:`_application`.")
+    register(name)(builder)
+
+
+for _name in BACKBONES:
+    _register_backbone(_name)
+
+
+def default_size(name: str) -> int:
+    """The ``image_size`` model ``name`` is built at when none is given, pixels.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; choose one of {available_models()}")
+    return int(inspect.signature(_REGISTRY[name]).parameters["image_size"].default)
+
+
+def forward_flops(model: keras.Model, image_size: int) -> float:
+    """Forward FLOPs of one ``image_size``-pixel photo through ``model`` (a multiply-add counts
+    2), from TensorFlow's graph profiler on the frozen float32 inference graph."""
+    spec = tf.TensorSpec([1, image_size, image_size, 3], tf.float32)
+    frozen = convert_variables_to_constants_v2(
+        tf.function(lambda x: model(x, training=False)).get_concrete_function(spec))
+    opts = ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    with silence():  # the profiler's own use of a deprecated TF1 helper
+        return float(profile(frozen.graph, options=opts).total_float_ops)
+
+
+def describe_model(name: str) -> dict:
+    """What ``catsdogs models`` prints of model ``name``: ``name``, ``image_size`` (its default
+    size, pixels), ``parameters``, ``flops`` (forward, one photo at that size, see
+    :func:`forward_flops`) and ``weights``: ``"imagenet (cached)"`` with the cached file,
+    ``"imagenet (not cached)"``, or ``"none (ours)"`` for our own models, which train only from
+    scratch.
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    size = default_size(name)
+    model = build_model(name, size)
+    if name in BACKBONES:
+        weights = "imagenet (cached)" if cached_weights(name) else "imagenet (not cached)"
+    else:
+        weights = "none (ours)"
+    return {"name": name, "image_size": size, "parameters": model.count_params(),
+            "flops": forward_flops(model, size), "weights": weights}
 
 
 def load_model(path: str) -> keras.Model:
