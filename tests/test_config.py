@@ -150,9 +150,27 @@ def test_parse_setting_rejects_unknown_keys_and_bad_values(name, text, match):
 
 def test_cli_fields_are_the_settings_with_their_own_flag():
     names = [f.name for f in cli_fields()]
-    assert names == ["model", "image_size", "train_sizes", "batch_size", "epochs", "time_budget",
+    assert names == ["model", "weights", "head_epochs", "image_size", "train_sizes", "batch_size", "epochs", "time_budget",
                      "limit", "seed", "val_every", "other"]
     assert all(f.metadata["help"] for f in cli_fields())
+
+
+def test_a_preset_keeps_its_builder_options_for_its_own_model_only():
+    assert make_config("quick").model_kwargs == {"blocks": [1, 1, 1, 1]}
+    assert make_config("quick", model="resnet").model_kwargs == {"blocks": [1, 1, 1, 1]}
+    assert make_config("quick", model="mobilenet_v3_small").model_kwargs == {}
+    assert make_config("quick", model="mobilenet_v3_small",
+                       model_kwargs={"dropout": 0.1}).model_kwargs == {"dropout": 0.1}
+
+
+def test_transfer_preset_is_two_stages_from_imagenet():
+    cfg = make_config("transfer")
+    assert cfg.weights == "imagenet" and 0 < cfg.head_epochs < cfg.epochs
+    assert cfg.time_budget is None and cfg.fine_tune_lr_factor < 1
+    for bad in (dict(head_epochs=-1), dict(epochs=3, head_epochs=3),
+                dict(fine_tune_fraction=0.0), dict(fine_tune_fraction=1.5)):
+        with pytest.raises(ConfigError):
+            make_config("transfer", **bad)
 
 
 def test_train_size_schedule():

@@ -90,6 +90,21 @@ class TrainConfig:
         preset: name of the preset the defaults came from.
         model: registry name for :func:`catsdogs.models.build_model`.
         model_kwargs: extra builder options (e.g. ``{"widths": [32, 64]}``).
+        weights: initial weights of a Keras Applications backbone
+            (:data:`catsdogs.backbones.BACKBONES`): ``"none"`` (from scratch), ``"imagenet"``
+            (Keras' cache first; downloaded only when Keras' server answers) or the path of a
+            ``.h5`` / ``.weights.h5`` file of the backbone (no top). With weights, the
+            backbone's batch-norm layers stay in inference mode
+            (https://keras.io/guides/transfer_learning/).
+        head_epochs: transfer learning, stage 1: the first ``head_epochs`` of :attr:`epochs`
+            train only the new head (backbone frozen) at :attr:`learning_rate`, constant; then
+            stage 2 fine-tunes the top :attr:`fine_tune_fraction` of the backbone's layers at
+            :attr:`learning_rate` × :attr:`fine_tune_lr_factor` on :attr:`schedule` (the
+            two-stage recipe of https://keras.io/guides/transfer_learning/). 0: one stage,
+            every layer trained from the start.
+        fine_tune_fraction: share of the backbone's layers, counted from the top, that stage 2
+            trains (batch-norm layers stay frozen).
+        fine_tune_lr_factor: stage 2's peak learning rate as a multiple of stage 1's.
         image_size: model input side, pixels: the size the saved model classifies at (evaluate,
             predict, serve) and validates at during training.
         train_sizes: progressive resizing: training input sides in pixels, one stage each, the
@@ -152,6 +167,12 @@ class TrainConfig:
     preset: str = "default"
     model: str = _flag("resnet", "model registry name")
     model_kwargs: dict = field(default_factory=dict)
+    weights: str = _flag("none", "backbone weights: none (from scratch), imagenet (Keras' cache, "
+                                 "downloaded if reachable) or PATH of a .h5/.weights.h5 file")
+    head_epochs: int = _flag(0, "transfer learning: train only the new head for the first N "
+                                "epochs (backbone frozen), then fine-tune")
+    fine_tune_fraction: float = 1.0
+    fine_tune_lr_factor: float = 0.1
     image_size: int = _flag(160, "size the model classifies at, pixels (alone, it also trains "
                                  "at that size)")
     train_sizes: list[int] = _flag(lambda: [96, 112, 128],
@@ -192,6 +213,12 @@ class TrainConfig:
         if self.time_budget is not None and self.time_budget < 0:
             raise ConfigError(f"time_budget must be positive minutes, got {self.time_budget}")
         self.time_budget = self.time_budget or None
+        if not 0 <= self.head_epochs < max(1, self.epochs):
+            raise ConfigError(f"head_epochs must be 0 or fewer than epochs ({self.epochs}), "
+                              f"got {self.head_epochs}")
+        if not 0.0 < self.fine_tune_fraction <= 1.0:
+            raise ConfigError(f"fine_tune_fraction must be in (0, 1], got "
+                              f"{self.fine_tune_fraction}")
 
     @property
     def budget_seconds(self) -> float | None:
@@ -278,6 +305,13 @@ PRESETS: dict[str, dict] = {
     # peak learning rate (docs/recipes.md).
     "fast": dict(image_size=96, train_sizes=[64, 80, 96], epochs=9, learning_rate=4e-3,
                  augmentation="light_crop_flip", time_budget=5.0),
+    # Two-stage transfer learning from ImageNet (https://keras.io/guides/transfer_learning/):
+    # 2 epochs of the new head on a frozen backbone, then 6 of fine-tuning at a tenth of the
+    # learning rate. Fixed epochs: the two stages are not planned to a time budget.
+    "transfer": dict(model="mobilenet_v3_large", weights="imagenet", image_size=160,
+                     train_sizes=[], epochs=8, head_epochs=2, learning_rate=1e-3,
+                     weight_decay=0.01, warmup_epochs=0.5, augmentation="light_crop_flip",
+                     val_every=1, time_budget=None),
     # Our from-scratch recipe, to a 30-minute budget: TrainConfig's own defaults
     # (docs/recipes.md).
     "default": {},
@@ -305,6 +339,10 @@ def make_config(preset: str = "default", **overrides) -> TrainConfig:
     if "epochs" in given and "time_budget" not in given:
         given["time_budget"] = None
     values = {**PRESETS[preset], **given}
+    default_model = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "model")
+    if (values["model"] if "model" in values else default_model) != \
+            PRESETS[preset].get("model", default_model) and "model_kwargs" not in given:
+        values["model_kwargs"] = {}  # the preset's builder options are for its own model
     cfg = TrainConfig(preset=preset, **values)
     cfg.inference = cfg.inference.with_overrides(**inference)
     return cfg

@@ -60,6 +60,12 @@ LOGS_DIR = "logs"
 """TensorBoard logs (Keras' ``TensorBoard`` callback)."""
 BACKUP_DIR = "backup"
 """Keras ``BackupAndRestore`` state while training; removed once ``model.keras`` is saved."""
+HEAD_BACKUP_DIR = os.path.join(BACKUP_DIR, "head")
+"""Transfer learning: the ``BackupAndRestore`` state of stage 1 (head only,
+:mod:`catsdogs.transfer`)."""
+HEAD_WEIGHTS = os.path.join(BACKUP_DIR, "head.weights.h5")
+"""Transfer learning: the weights at the end of stage 1, kept until ``model.keras`` is saved so a
+resumed run goes straight to stage 2."""
 BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
 """The best validated epoch's weights while training."""
 EVAL_PREFIX = "eval-"

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from catsdogs.augment import AUGMENTATIONS
+from catsdogs.backbones import BACKBONES, resolve_weights
 from catsdogs.budget import BudgetPlan, reserve_seconds
 from catsdogs.callbacks import (
     AtomicModelCheckpoint,
@@ -48,6 +49,8 @@ from catsdogs.models import available_models, build_model
 from catsdogs.runfolder import (
     BACKUP_DIR,
     BEST_WEIGHTS,
+    HEAD_BACKUP_DIR,
+    HEAD_WEIGHTS,
     HISTORY_FILE,
     LOGS_DIR,
     METRICS_FILE,
@@ -62,6 +65,7 @@ from catsdogs.runfolder import (
     validated_rows,
 )
 from catsdogs.system import resolve_precision, software_versions
+from catsdogs.transfer import fine_tune_config, freeze_backbone, unfreeze_top
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -69,12 +73,15 @@ def check_config(cfg: TrainConfig) -> None:
 
     Raises:
         ConfigError: unknown model or augmentation, ``train_sizes`` with an augmentation that
-            cannot resize (``tutorial``), or ``val_every`` below 1.
+            cannot resize (``tutorial``), ``val_every`` below 1, backbone weights that cannot
+            be found (:func:`catsdogs.backbones.resolve_weights`) or for a model without a
+            backbone, ``head_epochs`` without weights or with a time budget.
         DataError: ``other`` is set but is not a folder.
     """
     cfg.validation_epochs()
     if cfg.model not in available_models():
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {available_models()}")
+    _check_weights(cfg)
     if cfg.augmentation not in AUGMENTATIONS:
         raise ConfigError(f"unknown augmentation {cfg.augmentation!r}; choose one of "
                           f"{sorted(AUGMENTATIONS)}")
@@ -83,6 +90,22 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.train_sizes and not hasattr(AUGMENTATIONS[cfg.augmentation](), "set_output_size"):
         raise ConfigError(f"train_sizes (progressive resizing) needs an augmentation that can "
                           f"change the image size; {cfg.augmentation!r} cannot")
+
+
+def _check_weights(cfg: TrainConfig) -> None:
+    """The ``weights`` / ``head_epochs`` part of :func:`check_config`."""
+    pretrained = cfg.weights not in ("", "none")
+    if pretrained and cfg.model not in BACKBONES:
+        raise ConfigError(f"--weights {cfg.weights}: model {cfg.model!r} has no pretrained "
+                          f"backbone; choose one of {sorted(BACKBONES)} or --weights none")
+    if cfg.head_epochs and not pretrained:
+        raise ConfigError("head_epochs (transfer learning) needs pretrained weights: "
+                          "--weights imagenet or --weights PATH")
+    if cfg.head_epochs and cfg.time_budget:
+        raise ConfigError("two-stage transfer learning (head_epochs) trains a fixed number of "
+                          "epochs: pass --epochs N or --time-budget none")
+    if cfg.model in BACKBONES:
+        resolve_weights(cfg.model, cfg.weights)
 
 
 def prepare_run_folder(run: str, resume: bool, overwrite: bool) -> None:
@@ -232,9 +255,16 @@ def _targets(cfg: TrainConfig, labels: list[int]) -> np.ndarray:
     return np.concatenate([y, np.ones_like(y)], axis=1) if cfg.other else y
 
 
-def model_kwargs(cfg: TrainConfig) -> dict:
-    """Builder options: :attr:`TrainConfig.model_kwargs`, plus a pet head with ``other``."""
-    return {**cfg.model_kwargs, **({"pet_head": True} if cfg.other else {})}
+def model_kwargs(cfg: TrainConfig, weights: bool = True) -> dict:
+    """Builder options: :attr:`TrainConfig.model_kwargs`, plus a pet head with ``other``, and
+    for a backbone model its :attr:`TrainConfig.weights` (left out without ``weights``: the
+    architecture only, weights set afterwards)."""
+    kwargs = {**cfg.model_kwargs, **({"pet_head": True} if cfg.other else {})}
+    if cfg.model in BACKBONES:
+        kwargs["pretrained"] = cfg.weights not in ("", "none")
+        if weights:
+            kwargs["weights"] = cfg.weights
+    return kwargs
 
 
 def training_outliers(cfg: TrainConfig, kept: dict[str, np.ndarray]) -> np.ndarray:
@@ -406,14 +436,15 @@ def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None
     return model, precision
 
 
-def make_callbacks(cfg: TrainConfig, augment, resume: bool, follow: FollowBudget | None = None
-                   ) -> list[keras.callbacks.Callback]:
+def make_callbacks(cfg: TrainConfig, augment, follow: FollowBudget | None = None,
+                   backup: str = BACKUP_DIR) -> list[keras.callbacks.Callback]:
     """NaN guard, the time-budget plan (``follow``), progressive resizing, ``history.csv``, the
-    best-weights checkpoint, TensorBoard logs and, last, the resumable backup."""
+    best-weights checkpoint (the best so far read back from ``history.csv``: resume, stage 2
+    of transfer learning), TensorBoard logs and, last, the resumable backup in ``backup``."""
     run = cfg.out
     checkpoint = AtomicModelCheckpoint(run_file(run, BEST_WEIGHTS), monitor="val_loss", mode="min",
                                        save_best_only=True, save_weights_only=True)
-    if resume and (validated := validated_rows(read_history(run_file(run, HISTORY_FILE)))):
+    if validated := validated_rows(read_history(run_file(run, HISTORY_FILE))):
         checkpoint.best = min(float(r["val_loss"]) for r in validated)
     size_of = follow.plan.size if follow is not None else cfg.train_size
     return [
@@ -427,7 +458,7 @@ def make_callbacks(cfg: TrainConfig, augment, resume: bool, follow: FollowBudget
                                     profile_batch=0),
         # Last: the backup marks an epoch complete only after history and checkpoint are written.
         # It is kept until model.keras is saved, so a crash in between resumes without retraining.
-        keras.callbacks.BackupAndRestore(run_file(run, BACKUP_DIR), double_checkpoint=True,
+        keras.callbacks.BackupAndRestore(run_file(run, backup), double_checkpoint=True,
                                          delete_checkpoint=False),
     ]
 
@@ -540,7 +571,7 @@ def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> 
         model.load_weights(run_file(run, BEST_WEIGHTS))
     if precision != "float32":
         trained = model
-        model = build_model(cfg.model, cfg.image_size, **model_kwargs(cfg))
+        model = build_model(cfg.model, cfg.image_size, **model_kwargs(cfg, weights=False))
         model.set_weights(trained.get_weights())
     with atomic_path(run_file(run, MODEL_FILE), suffix=".keras") as tmp:
         model.save(tmp)
@@ -584,7 +615,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept)
     kept.clear()
-    lr = learning_rate(cfg, steps)
+    lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
     model, precision = build_for_training(cfg, steps, lr)
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
                             clock["start"]) if cfg.time_budget else None
@@ -592,17 +623,63 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     validation = PlannedValidation(follow.plan) if follow else cfg.validation_epochs()
     if cfg.val_every > 1 and not follow:
         print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
-    callbacks = make_callbacks(cfg, augment, resume, follow)
+    if cfg.head_epochs:
+        _train_head(model, cfg, (train_ds, val_ds), augment, steps, progress)
+        validation = [e for e in validation if e > cfg.head_epochs]
     clock["setup"] = time.perf_counter()
-    try:
-        model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                  validation_freq=validation, shuffle=False, verbose=1 if progress else 2)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(cfg.out, run_file(cfg.out, BACKUP_DIR)) from None
+    _fit(model, cfg, (train_ds, val_ds), epochs, validation,
+         make_callbacks(cfg, augment, follow), progress, initial_epoch=cfg.head_epochs)
     clock["fit"] = time.perf_counter()
     model = save_trained_model(model, cfg, precision)
     clock["save"] = time.perf_counter()
     return model
+
+
+def _fit(model: keras.Model, cfg: TrainConfig, data: tuple, epochs: int, validation: list[int],
+         callbacks: list, progress: bool, initial_epoch: int = 0) -> None:
+    """``model.fit`` on ``data`` = (train, validation) datasets up to epoch ``epochs``.
+
+    Raises:
+        TrainingInterrupted: Ctrl-C (the last completed epoch is in the backup).
+    """
+    # Keras' BackupAndRestore restores an epoch into model._initial_epoch, which fit then
+    # prefers to its initial_epoch argument; a restore in an earlier fit of this model (stage 1
+    # of transfer learning) must not carry over into this one.
+    model._initial_epoch = None
+    try:
+        model.fit(data[0], validation_data=data[1], epochs=epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, validation_freq=validation, shuffle=False,
+                  verbose=1 if progress else 2)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(cfg.out, run_file(cfg.out, BACKUP_DIR)) from None
+
+
+def _train_head(model: keras.Model, cfg: TrainConfig, data: tuple, augment, steps: int,
+                progress: bool) -> None:
+    """Transfer learning (:mod:`catsdogs.transfer`): stage 1, the first ``head_epochs`` epochs
+    with the backbone frozen (skipped when a resumed run has finished it: its weights are
+    loaded instead), then unfreeze the top of the backbone and compile stage 2."""
+    head = run_file(cfg.out, HEAD_WEIGHTS)
+    trainable = freeze_backbone(model)
+    if os.path.exists(head):
+        model.load_weights(head)
+        print(f"Stage 1 (head only) was finished: loaded {head}")
+    else:
+        compile_model(model, cfg, steps, lr=cfg.learning_rate)
+        print(f"Stage 1: {cfg.head_epochs} epochs training the new head only ({trainable:,} "
+              f"parameters), backbone frozen, learning rate {cfg.learning_rate:g}")
+        validation = [e for e in cfg.validation_epochs() if e < cfg.head_epochs]
+        _fit(model, cfg, data, cfg.head_epochs, [*validation, cfg.head_epochs],
+             make_callbacks(cfg, augment, backup=HEAD_BACKUP_DIR), progress)
+        with atomic_path(head, suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+        shutil.rmtree(run_file(cfg.out, HEAD_BACKUP_DIR), ignore_errors=True)
+    layers_on, layers_all = unfreeze_top(model, cfg.fine_tune_fraction)
+    fine = fine_tune_config(cfg)
+    compile_model(model, fine, steps)
+    print(f"Stage 2: fine-tuning the top {layers_on} of {layers_all} backbone layers with "
+          f"weights (batch-norm frozen) for {fine.epochs} epochs, peak learning rate "
+          f"{fine.learning_rate:g}")
 
 
 def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
