@@ -3,6 +3,7 @@
 #   make train BUDGET=10                the same in a 10-minute budget
 #   make test                           lint + the whole test suite (what CI runs)
 #   make bench / make bench-quick       benchmarks → benchmarks/results/
+#   make bench-backbones                Keras Applications backbones and transfer learning
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ BUDGET ?=
 RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
 ARGS ?=
 
-.PHONY: install train test lint bench bench-quick clean
+.PHONY: install train test lint bench bench-quick bench-backbones clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,11 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python benchmarks/run.py --data "$(DATA)" --quick
+
+# Keras Applications backbones against our resnet (10-minute budget each), and transfer from
+# flower photos (benchmarks/backbones.py).
+bench-backbones: install
+	$(BIN)/python benchmarks/backbones.py --data "$(DATA)" $(if $(OTHER),--flowers "$(OTHER)/flowers")
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
