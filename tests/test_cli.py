@@ -54,7 +54,7 @@ def test_cli_errors_are_one_line(tiny_run, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["", "data", "data check", "data download", "train",
-                                     "evaluate", "predict", "serve", "explain", "export"])
+                                     "models", "evaluate", "predict", "serve", "explain", "export"])
 def test_every_command_has_help(command):
     proc = run_cli(*command.split(), "--help")
     assert "usage: catsdogs" in proc.stdout and "--help" in proc.stdout

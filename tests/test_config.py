@@ -150,8 +150,8 @@ def test_parse_setting_rejects_unknown_keys_and_bad_values(name, text, match):
 
 def test_cli_fields_are_the_settings_with_their_own_flag():
     names = [f.name for f in cli_fields()]
-    assert names == ["model", "weights", "head_epochs", "image_size", "train_sizes", "batch_size", "epochs", "time_budget",
-                     "limit", "seed", "val_every", "other"]
+    assert names == ["model", "weights", "head_epochs", "image_size", "train_sizes",
+                     "batch_size", "epochs", "time_budget", "limit", "seed", "val_every", "other"]
     assert all(f.metadata["help"] for f in cli_fields())
 
 

@@ -97,6 +97,9 @@ def test_two_stage_run_in_the_run_folder(make_folder, tmp_path):
     assert lrs[-1] < lrs[HEAD]
     assert all(r["val_loss"] for r in rows)  # the transfer preset validates every epoch
     assert run.config.weights == weights and run.metrics["n"] > 0
+    assert (f"{EPOCHS} epochs ({HEAD} of them head only, then the top 100% of the backbone at "
+            f"×0.1 the learning rate), starting from weights `pretrained.weights.h5`"
+            ) in open(run.report).read()
     # The saved model: its batch-norm statistics are those of the weights file.
     saved = _by_name(load_model(str(tmp_path / "run" / "model.keras")))
     source = build_model(SMALL, 32, weights=weights)

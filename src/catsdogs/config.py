@@ -165,7 +165,7 @@ class TrainConfig:
     data: str = ""
     out: str = ""
     preset: str = "default"
-    model: str = _flag("resnet", "model registry name")
+    model: str = _flag("resnet", "model registry name (`catsdogs models` lists them)")
     model_kwargs: dict = field(default_factory=dict)
     weights: str = _flag("none", "backbone weights: none (from scratch), imagenet (Keras' cache, "
                                  "downloaded if reachable) or PATH of a .h5/.weights.h5 file")

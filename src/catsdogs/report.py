@@ -49,6 +49,11 @@ def _settings_lines(cfg: TrainConfig, m: dict) -> list[str]:
                   if cfg.train_sizes else "")
     length = (f"a {cfg.time_budget:g}-minute time budget" if cfg.time_budget
               else f"{cfg.epochs} epochs")
+    if cfg.weights not in ("", "none"):
+        stages = (f" ({cfg.head_epochs} of them head only, then the top "
+                  f"{cfg.fine_tune_fraction:.0%} of the backbone at ×{cfg.fine_tune_lr_factor:g}"
+                  f" the learning rate)" if cfg.head_epochs else "")
+        length += f"{stages}, starting from weights `{os.path.basename(cfg.weights)}`"
     return [f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px"
             f"{trained_at}, {length}, batch {cfg.batch_size}, {cfg.optimizer} "
             f"lr {cfg.learning_rate} ({cfg.schedule}), augmentation `{cfg.augmentation}`, "

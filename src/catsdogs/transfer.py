@@ -3,8 +3,9 @@
 Stage 1 trains only the new head on a frozen pretrained backbone, so the large gradients of a
 randomly initialised head do not wreck the pretrained features; stage 2 unfreezes the top of
 the backbone and fine-tunes it with a lower learning rate. Batch-norm layers stay frozen, hence
-in inference mode, throughout (:func:`catsdogs.models._application`), as the guide explains. :func:`catsdogs.training.train`
-runs the stages as two ``fit`` calls, each with its own resumable backup.
+in inference mode, throughout (:func:`catsdogs.models._application`), as the guide explains.
+:func:`catsdogs.training.train` runs the stages as two ``fit`` calls, each with its own
+resumable backup.
 """
 
 from __future__ import annotations
