@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import photo, run_cli
 
 from catsdogs import backbones
 from catsdogs.backbones import (
@@ -26,7 +27,10 @@ from catsdogs.backbones import (
     resolve_weights,
 )
 from catsdogs.errors import ConfigError
+from catsdogs.export import TOLERANCE, export_run
 from catsdogs.models import BACKBONE_LAYER, available_models, build_model, load_model
+from catsdogs.predict import Predictor
+from catsdogs.runfolder import CONFIG_FILE, MODEL_FILE, read_json, write_json
 
 SMALL = "mobilenet_v3_small"
 
@@ -184,3 +188,32 @@ def test_cli_models_lists_every_model_with_cost_and_weights(tmp_path, monkeypatc
     assert rows[SMALL]["image_size"] == 224
     assert 0.9 < rows[SMALL]["flops"] / (2 * 56e6) < 1.2
     assert os.path.getsize(out) > 100
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_exports_within_tolerance(name, fmt, tiny_run, tmp_path):
+    """A backbone model in a copy of the tiny run folder (same size), exported with
+    `catsdogs export`'s 1e-4 check, then predicted through both engines as serve does."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = read_json(str(run / CONFIG_FILE))
+    size = config["image_size"]
+    model = build_model(name, size)
+    # Batch-norm statistics from 30 training-mode passes (an untrained MobileNetV3 in inference
+    # mode outputs P(dog) = 0.5 for every photo, which would make the check empty).
+    x = _random_images(16, size)
+    for _ in range(30):
+        model(x, training=True)
+    logits = model.get_layer("logits")
+    logits.set_weights([np.random.default_rng(1).normal(0, 1, w.shape).astype("float32")
+                        for w in logits.get_weights()])
+    model.save(run / MODEL_FILE)
+    write_json(str(run / CONFIG_FILE), {**config, "model": name})
+    info = export_run(str(run), fmt, verbose=False)  # raises beyond the tolerance
+    assert info["max_abs_diff"] <= TOLERANCE
+    images = [photo(i % 2, (60, 50), seed=i) for i in range(6)]
+    keras_p = Predictor.from_run(str(run), engine="keras").predict_images(images)
+    other_p = Predictor.from_run(str(run), engine=fmt).predict_images(images)
+    assert np.ptp(keras_p) > 1e-3  # the answers differ between photos: the check means something
+    assert np.max(np.abs(keras_p - other_p)) <= TOLERANCE
