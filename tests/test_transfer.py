@@ -5,6 +5,8 @@ and predict work on a backbone run."""
 
 from __future__ import annotations
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -96,6 +98,8 @@ def test_two_stage_run_in_the_run_folder(make_folder, tmp_path):
     assert max(lrs[HEAD:]) <= 1e-4 + 1e-9  # stage 2: a tenth, then decaying
     assert lrs[-1] < lrs[HEAD]
     assert all(r["val_loss"] for r in rows)  # the transfer preset validates every epoch
+    timings = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert sum(float(r["seconds"]) for r in rows) <= timings["fit_seconds"]  # both stages
     assert run.config.weights == weights and run.metrics["n"] > 0
     assert (f"{EPOCHS} epochs ({HEAD} of them head only, then the top 100% of the backbone at "
             f"×0.1 the learning rate), starting from weights `pretrained.weights.h5`"

@@ -623,10 +623,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     validation = PlannedValidation(follow.plan) if follow else cfg.validation_epochs()
     if cfg.val_every > 1 and not follow:
         print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
-    if cfg.head_epochs:
+    clock["setup"] = time.perf_counter()
+    if cfg.head_epochs:  # the fit stage covers both stages of transfer learning
         _train_head(model, cfg, (train_ds, val_ds), augment, steps, progress)
         validation = [e for e in validation if e > cfg.head_epochs]
-    clock["setup"] = time.perf_counter()
     _fit(model, cfg, (train_ds, val_ds), epochs, validation,
          make_callbacks(cfg, augment, follow), progress, initial_epoch=cfg.head_epochs)
     clock["fit"] = time.perf_counter()
