@@ -126,7 +126,8 @@ def reachable(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
     """True when an HTTP ``HEAD`` of ``url`` gets any answer within ``timeout`` seconds
     (proxies from the environment are honoured, as Keras' download honours them)."""
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            pass
     except urllib.error.HTTPError:
         return True  # the server answered
     except (OSError, ValueError):
