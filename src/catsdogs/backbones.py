@@ -59,6 +59,26 @@ class CaffePreprocess(layers.Layer):
         return bgr - keras.ops.cast(keras.ops.array(self.MEAN_BGR), bgr.dtype)
 
 
+@keras.saving.register_keras_serializable(package="catsdogs")
+class TorchPreprocess(layers.Layer):
+    """ImageNet "torch" preprocessing as a layer: 0–255 → 0–1, minus the ImageNet mean
+    (0.485, 0.456, 0.406), divided by its standard deviation (0.229, 0.224, 0.225), per RGB
+    channel. The numbers of EfficientNetV2-B*'s own ``include_preprocessing`` (a ``Rescaling``
+    and a ``Normalization`` layer in Keras, the latter not exportable to ONNX: tf2onnx leaves its
+    constants as graph inputs), with plain constants.
+
+    Input and output: ``(batch, height, width, 3)`` float, input in 0–255 RGB.
+    """
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+
+    def call(self, inputs):
+        mean = keras.ops.cast(keras.ops.array(self.MEAN), inputs.dtype)
+        std = keras.ops.cast(keras.ops.array(self.STD), inputs.dtype)
+        return (inputs / 255.0 - mean) / std
+
+
 @dataclass(frozen=True)
 class Backbone:
     """One Keras Applications architecture, used without its classifier.
@@ -70,7 +90,8 @@ class Backbone:
             ``$KERAS_HOME/models``.
         weights_subdir: the folder of that file under :data:`KERAS_WEIGHTS_URL`.
         input_range: ``"0-255"`` (the constructor's ``include_preprocessing`` rescales
-            inside the model) or ``"caffe"`` (:class:`CaffePreprocess` is added in front).
+            inside the model), ``"caffe"`` (:class:`CaffePreprocess` is added in front) or
+            ``"torch"`` (:class:`TorchPreprocess`).
         kwargs: extra constructor options.
         source: the paper.
     """
@@ -89,6 +110,9 @@ class Backbone:
         return f"{KERAS_WEIGHTS_URL}{self.weights_subdir}/{self.weights_file}"
 
 
+PREPROCESS = {"caffe": CaffePreprocess, "torch": TorchPreprocess}
+""":attr:`Backbone.input_range` → the layer that prepares 0–255 RGB input for it."""
+
 BACKBONES: dict[str, Backbone] = {b.name: b for b in [
     Backbone("mobilenet_v3_small", keras.applications.MobileNetV3Small,
              "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5", "mobilenet_v3", "0-255",
@@ -99,9 +123,9 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in [
              "Howard et al. 2019, Searching for MobileNetV3, arXiv:1905.02244",
              {"include_preprocessing": True}),
     Backbone("efficientnet_v2_b0", keras.applications.EfficientNetV2B0,
-             "efficientnetv2-b0_notop.h5", "efficientnet_v2", "0-255",
+             "efficientnetv2-b0_notop.h5", "efficientnet_v2", "torch",
              "Tan & Le 2021, EfficientNetV2: Smaller Models and Faster Training, "
-             "arXiv:2104.00298", {"include_preprocessing": True}),
+             "arXiv:2104.00298", {"include_preprocessing": False}),
     Backbone("resnet50", keras.applications.ResNet50,
              "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "resnet", "caffe",
              "He et al. 2016, Deep Residual Learning for Image Recognition, arXiv:1512.03385"),

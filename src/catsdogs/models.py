@@ -26,7 +26,7 @@ from tensorflow.python.profiler.model_analyzer import profile
 from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 from tensorflow.python.util.deprecation import silence
 
-from catsdogs.backbones import BACKBONES, CaffePreprocess, build_backbone, cached_weights
+from catsdogs.backbones import BACKBONES, PREPROCESS, build_backbone, cached_weights
 from catsdogs.errors import ConfigError, RunError
 
 PET_COLUMN = 1
@@ -214,8 +214,8 @@ def _application(name: str, image_size: int = 160, weights: str | None = None,
     """
     spec = BACKBONES[name]
     inputs, x = preprocessing_head(image_size, rescale=False)
-    if spec.input_range == "caffe":
-        x = CaffePreprocess(name="imagenet_preprocess")(x)
+    if spec.input_range in PREPROCESS:
+        x = PREPROCESS[spec.input_range](name="imagenet_preprocess")(x)
     backbone = build_backbone(name, weights)
     backbone.name = BACKBONE_LAYER
     if weights not in (None, "", "none") if pretrained is None else pretrained:
