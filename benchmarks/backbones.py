@@ -29,7 +29,7 @@ import tempfile
 import time
 
 import numpy as np
-from run import _cpu_flags, _cpu_name, train_preset
+from run import _cpu_flags, _cpu_name, single_photo_ms, train_preset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "data")
@@ -114,14 +114,8 @@ def litert_speed(run: str, sample: str, n_single: int = 100, batch: int = 64) ->
     engine, cfg = load_engine(run, "tflite")
     with open(sample, "rb") as fh:
         data = fh.read()
-    predictor = Predictor(engine, cfg.image_size, cfg.inference.threshold)
-    for _ in range(5):
-        predictor.predict_sources([data], ["warm-up"])
-    times = []
-    for _ in range(n_single):
-        t0 = time.perf_counter()
-        predictor.predict_sources([data], ["x"])
-        times.append((time.perf_counter() - t0) * 1000)
+    times = single_photo_ms(Predictor(engine, cfg.image_size, cfg.inference.threshold), data,
+                            n_single, warm_up=5)
     prepared = np.repeat(prepare(load_image(data), cfg.image_size)[None].astype(np.float32),
                          batch, 0)
     engine(prepared)

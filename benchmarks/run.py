@@ -225,6 +225,19 @@ def _p_dog(outputs) -> np.ndarray:
     return outputs.reshape(len(outputs), -1)[:, 0]
 
 
+def single_photo_ms(predictor, data: bytes, n: int, warm_up: int = 10) -> list[float]:
+    """Milliseconds of ``n`` warm calls of ``predictor`` on one photo's JPEG ``data`` (decode
+    + preprocess + model), after ``warm_up`` untimed calls."""
+    for _ in range(warm_up):
+        predictor.predict_sources([data], ["warm-up"])
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        predictor.predict_sources([data], ["x"])
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
               n_val: int = 1000) -> dict:
     """Per inference path: one-photo latency (JPEG bytes → decode + preprocess + model, warm)
@@ -270,14 +283,7 @@ def inference(run: str, sample: str, n_single: int = 200, batch: int = 256,
             single = None
         else:
             call = engine
-            predictor = Predictor(engine, size, threshold)
-            for _ in range(10):
-                predictor.predict_sources([data], ["warm-up"])
-            times = []
-            for _ in range(n_single):
-                t0 = time.perf_counter()
-                predictor.predict_sources([data], ["x"])
-                times.append((time.perf_counter() - t0) * 1000)
+            times = single_photo_ms(Predictor(engine, size, threshold), data, n_single)
             single = {q: float(np.percentile(times, int(q[1:]))) for q in ("p50", "p95", "p99")}
         call(prepared)
         reps = 5
