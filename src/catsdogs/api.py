@@ -27,6 +27,7 @@ import numpy as np
 from catsdogs.budget import BudgetPlan
 from catsdogs.config import InferenceSettings, TrainConfig, make_config
 from catsdogs.data.images import load_image
+from catsdogs.distributed import find_cluster
 from catsdogs.engines import load_config
 from catsdogs.errors import ConfigError, ImageError, RunError
 from catsdogs.evaluate import evaluate_run, refresh_report
@@ -240,7 +241,7 @@ def _calibrate(run: str, model, progress: bool) -> None:
 def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
           preset: str = "default", *, resume: bool = False, overwrite: bool = False,
           progress: bool = True, evaluate: bool = True, started: float | None = None,
-          **settings) -> Run:
+          workers: str | None = None, worker_index: int = 0, **settings) -> Run:
     """Train a model into a new run folder and evaluate it once on its test split.
 
     Args:
@@ -261,7 +262,8 @@ def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None =
             inference settings.
 
     Returns:
-        The finished :class:`Run`.
+        The finished :class:`Run` (on a worker other than the chief: the run folder the
+        chief writes, which may be on another machine).
 
     Raises:
         ConfigError: a missing ``out``/``data`` or a bad setting. DataError: an unusable photo
@@ -279,7 +281,11 @@ def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None =
     cfg = make_config(preset, data=data and os.path.abspath(os.fspath(data)),
                       out=os.fspath(out), **settings)
     clock = {"start": time.perf_counter() if started is None else started}
-    model = train_model(cfg, resume=resume, overwrite=overwrite, progress=progress, clock=clock)
+    cluster = find_cluster(workers, worker_index)
+    model = train_model(cfg, resume=resume, overwrite=overwrite, progress=progress, clock=clock,
+                        cluster=cluster)
+    if cluster and not cluster.is_chief:
+        return Run(cfg.out)
     _calibrate(cfg.out, model, progress)
     if evaluate:
         evaluate_run(cfg.out, model=model, progress=progress)

@@ -101,7 +101,8 @@ def cmd_train(args) -> int:
     if not args.resume and not args.data:
         raise ConfigError("--data DIR is required (unless --resume continues an existing run)")
     _api().train(args.data, args.out, args.preset, resume=args.resume, overwrite=args.overwrite,
-                 progress=not args.no_progress, started=started, **train_settings(args))
+                 progress=not args.no_progress, started=started, workers=args.workers,
+                 worker_index=args.worker_index, **train_settings(args))
     return EXIT_OK
 
 
@@ -303,6 +304,14 @@ def _add_train(sub) -> None:
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from its last completed epoch")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    tr.add_argument("--workers", metavar="HOST:PORT,…",
+                    help="train on several machines: every worker's address, the chief first; "
+                         "run the same command on each with its --worker-index "
+                         "(default: a TF_CONFIG set by a launcher, else this machine alone; "
+                         "see docs/distributed.md)")
+    tr.add_argument("--worker-index", type=int, default=0, metavar="I",
+                    help="this machine's place in --workers (0 = the chief, which writes the "
+                         "run folder; default: %(default)s)")
     _progress_flag(tr)
     tr.set_defaults(func=cmd_train)
 

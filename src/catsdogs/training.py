@@ -9,6 +9,8 @@ https://keras.io/api/callbacks/). This module trains only: :func:`catsdogs.api.t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import random
 import shutil
@@ -43,6 +45,19 @@ from catsdogs.data.outliers import (
 from catsdogs.data.pipeline import ResizedPhotos, make_dataset
 from catsdogs.data.scan import Photo, ScanResult, scan_folder, summary_lines
 from catsdogs.data.split import Example, load_split, make_split, save_split, select
+from catsdogs.distributed import (
+    AverageStatistics,
+    Cluster,
+    FollowChief,
+    distribute,
+    fingerprint,
+    make_strategy,
+    prepare_model,
+    remove_worker_folder,
+    shard,
+    worker_folder,
+    worker_lost,
+)
 from catsdogs.errors import ConfigError, DataError, RunError, TrainingInterrupted
 from catsdogs.io import atomic_path
 from catsdogs.models import available_models, build_model
@@ -68,17 +83,22 @@ from catsdogs.system import resolve_precision, software_versions
 from catsdogs.transfer import fine_tune_config, freeze_backbone, unfreeze_top
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Fail fast, before the scan, on settings that cannot train.
+def check_config(cfg: TrainConfig, cluster: Cluster | None = None) -> None:
+    """Fail fast, before the scan, on settings that cannot train (with ``cluster``: on several
+    machines).
 
     Raises:
         ConfigError: unknown model or augmentation, ``train_sizes`` with an augmentation that
             cannot resize (``tutorial``), ``val_every`` below 1, backbone weights that cannot
             be found (:func:`catsdogs.backbones.resolve_weights`) or for a model without a
-            backbone, ``head_epochs`` without weights or with a time budget.
+            backbone, ``head_epochs`` without weights or with a time budget, a time budget with
+            a cluster.
         DataError: ``other`` is set but is not a folder.
     """
     cfg.validation_epochs()
+    if cluster and cfg.time_budget:
+        raise ConfigError("--time-budget with several workers is not supported: pass "
+                          "--epochs N (the same on every worker)")
     if cfg.model not in available_models():
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {available_models()}")
     _check_weights(cfg)
@@ -221,23 +241,29 @@ def _stack(kept: dict[str, np.ndarray], paths: list[str]) -> np.ndarray | None:
     return np.stack([kept[p] for p in paths])
 
 
-def make_datasets(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray]):
+def make_datasets(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray],
+                  cluster: Cluster | None = None):
     """The training and validation datasets (:func:`catsdogs.data.pipeline.make_dataset`).
 
     Training photos are held at :meth:`TrainConfig.cache_size`; the augmentation crops and
     resizes them to each epoch's size. Photos in ``kept`` (decoded by the scan) are not decoded
-    again.
+    again. With a ``cluster``, each dataset holds this worker's shard only
+    (:func:`catsdogs.distributed.shard`, taken from the paths, before decoding).
 
     Returns:
-        ``(train_ds, val_ds, augment, steps_per_epoch)``.
+        ``(train_ds, val_ds, augment, steps_per_epoch)``; steps per epoch of this worker.
     """
-    train_paths, train_labels = select(examples, "train")
-    val_paths, val_labels = select(examples, "val")
-    print(f"Split: {len(train_paths)} train, {len(val_paths)} val, "
-          f"{len(select(examples, 'test')[0])} test photos → {run_file(cfg.out, SPLITS_FILE)}")
+    train_paths, train_labels = (shard(v, cluster) for v in select(examples, "train"))
+    val_paths, val_labels = (shard(v, cluster) for v in select(examples, "val"))
+    print(f"Split: {len(select(examples, 'train')[0])} train, {len(select(examples, 'val')[0])} "
+          f"val, {len(select(examples, 'test')[0])} test photos → "
+          f"{run_file(cfg.out, SPLITS_FILE)}")
+    if cluster:
+        print(f"Worker {cluster.rank} of {cluster.size}: {len(train_paths)} train and "
+              f"{len(val_paths)} val photos (1 in {cluster.size})")
     augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
     size = cfg.cache_size()
-    outliers = training_outliers(cfg, kept) if cfg.other else None
+    outliers = shard(training_outliers(cfg, kept), cluster) if cfg.other else None
     train_ds = make_dataset(train_paths, _targets(cfg, train_labels), size, cfg.batch_size,
                             shuffle=True, augment=augment, seed=cfg.seed,
                             images=_stack(kept, train_paths), outliers=outliers,
@@ -409,11 +435,12 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int, lr
                   jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
 
 
-def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None
-                       ) -> tuple[keras.Model, str]:
+def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None,
+                       strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, str]:
     """Build and compile the model in the configured precision, under a ``tf.distribute``
-    strategy scope (the default strategy), with learning rate ``lr`` (default:
-    :func:`learning_rate`).
+    strategy scope (``strategy``, else the default one), with learning rate ``lr`` (default:
+    :func:`learning_rate`). Under a multi-worker strategy the model is made trainable with
+    ``fit`` there (:func:`catsdogs.distributed.prepare_model`).
 
     Returns:
         ``(model, precision)`` with precision ``"float32"`` or ``"mixed_bfloat16"``.
@@ -425,11 +452,13 @@ def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None
           f"{'XLA' if cfg.jit_compile else 'no XLA'}")
     keras.mixed_precision.set_global_policy(precision)
     try:
-        with tf.distribute.get_strategy().scope():
+        with (strategy or tf.distribute.get_strategy()).scope():
             model = build_model(cfg.model, cfg.image_size, **model_kwargs(cfg))
             compile_model(model, cfg, steps_per_epoch, lr=lr)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if strategy is not None:
+        prepare_model(model)
     # The pipeline resizes every batch already: the model must not resize training batches
     # of a progressive-resizing stage to image_size.
     model.get_layer("resize").passthrough = True
@@ -558,9 +587,12 @@ def _photos_after_training(cfg: TrainConfig, examples: list[Example]) -> int:
     return n * (2 if cfg.inference.tta else 1)
 
 
-def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> keras.Model:
+def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str,
+                       rebuild: bool = False) -> keras.Model:
     """Load the best validated weights, write ``model.keras`` atomically (float32 compute: exact
-    and portable) and remove the training backup.
+    and portable) and remove the training backup. The saved model is a new one (the weights
+    copied) when ``precision`` is not float32 or with ``rebuild`` (a model built under a
+    multi-worker strategy).
 
     Returns:
         The saved (float32) model.
@@ -569,7 +601,7 @@ def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> 
     model.get_layer("resize").passthrough = False
     if os.path.exists(run_file(run, BEST_WEIGHTS)):
         model.load_weights(run_file(run, BEST_WEIGHTS))
-    if precision != "float32":
+    if precision != "float32" or rebuild:
         trained = model
         model = build_model(cfg.model, cfg.image_size, **model_kwargs(cfg, weights=False))
         model.set_weights(trained.get_weights())
@@ -581,7 +613,8 @@ def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> 
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, clock: dict[str, float] | None = None) -> keras.Model | None:
+          progress: bool = True, clock: dict[str, float] | None = None,
+          cluster: Cluster | None = None) -> keras.Model | None:
     """Train a model into the run folder ``cfg.out`` and save it as ``model.keras``.
 
     Args:
@@ -592,10 +625,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         clock: filled with ``time.perf_counter()`` marks ``start`` (kept when given: a time
             budget counts from it), ``data``, ``setup``, ``fit``, ``save``
             (:func:`catsdogs.runfolder.write_timings`).
+        cluster: train on several machines (:mod:`catsdogs.distributed`); this process's part.
+            A worker other than the chief trains in :func:`catsdogs.distributed.worker_folder`,
+            deletes it at the end and returns None.
 
     Returns:
         The trained float32 model, or None when resuming a run whose training had already
-        finished (only its evaluation is left).
+        finished (only its evaluation is left) and on a worker other than the chief.
 
     Raises:
         DataError: the photo folder is unusable.
@@ -605,7 +641,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """
     clock = clock if clock is not None else {}
     clock.setdefault("start", time.perf_counter())
-    check_config(cfg)
+    strategy = make_strategy(cluster) if cluster else None  # before any other TensorFlow op
+    check_config(cfg, None if resume else cluster)  # resumed: the saved settings were checked
+    if cluster:
+        cfg = for_workers(cfg, cluster)
     prepare_run_folder(cfg.out, resume, overwrite)
     if resume and training_finished(cfg.out):
         print(f"Resuming {cfg.out}: training is complete; only the evaluation is left")
@@ -613,10 +652,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     cfg, examples, kept = _start_or_resume(cfg, resume, progress)
     clock["data"] = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
-    train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept)
+    train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
     kept.clear()
     lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
-    model, precision = build_for_training(cfg, steps, lr)
+    model, precision = build_for_training(cfg, steps, lr, strategy)
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
                             clock["start"]) if cfg.time_budget else None
     epochs = follow.plan.max_steps // steps if follow else cfg.epochs
@@ -624,38 +663,79 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if cfg.val_every > 1 and not follow:
         print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
     clock["setup"] = time.perf_counter()
+    workers = (strategy, cluster) if cluster else None
     if cfg.head_epochs:  # the fit stage covers both stages of transfer learning
-        _train_head(model, cfg, (train_ds, val_ds), augment, steps, progress)
+        _train_head(model, cfg, (train_ds, val_ds), augment, steps, progress, workers)
         validation = [e for e in validation if e > cfg.head_epochs]
     _fit(model, cfg, (train_ds, val_ds), epochs, validation,
-         make_callbacks(cfg, augment, follow), progress, initial_epoch=cfg.head_epochs)
+         make_callbacks(cfg, augment, follow), progress, initial_epoch=cfg.head_epochs,
+         workers=workers)
     clock["fit"] = time.perf_counter()
-    model = save_trained_model(model, cfg, precision)
+    if cluster:
+        print(f"Worker {cluster.rank}: training finished, weights {fingerprint(model)}")
+        if not cluster.is_chief:
+            remove_worker_folder(cfg.out, cluster)
+            return None
+    model = save_trained_model(model, cfg, precision, rebuild=cluster is not None)
     clock["save"] = time.perf_counter()
     return model
 
 
+def for_workers(cfg: TrainConfig, cluster: Cluster) -> TrainConfig:
+    """The settings of this worker: its own folder (:func:`catsdogs.distributed.worker_folder`),
+    one step per compiled call (:mod:`catsdogs.distributed`), and the learning rate scaled by
+    the number of workers for a global batch of ``batch_size × workers`` photos (the linear
+    scaling rule, with the warm-up the schedule already has: Goyal et al. 2017, "Accurate,
+    Large Minibatch SGD", arXiv:1706.02677). A resumed run reads its saved settings instead."""
+    cfg = dataclasses.replace(cfg, out=worker_folder(cfg.out, cluster.rank),
+                              steps_per_execution=1,
+                              learning_rate=cfg.learning_rate * cluster.size)
+    print(f"{cluster.size} workers ({', '.join(cluster.addresses)}); this is worker "
+          f"{cluster.rank}{' (chief)' if cluster.is_chief else ''}. Global batch "
+          f"{cfg.batch_size * cluster.size} = {cluster.size} × {cfg.batch_size}; peak learning "
+          f"rate {cfg.learning_rate:g} (× {cluster.size}, linear scaling rule)")
+    return cfg
+
+
 def _fit(model: keras.Model, cfg: TrainConfig, data: tuple, epochs: int, validation: list[int],
-         callbacks: list, progress: bool, initial_epoch: int = 0) -> None:
-    """``model.fit`` on ``data`` = (train, validation) datasets up to epoch ``epochs``.
+         callbacks: list, progress: bool, initial_epoch: int = 0,
+         workers: tuple[tf.distribute.Strategy, Cluster] | None = None) -> None:
+    """``model.fit`` on ``data`` = (train, validation) datasets up to epoch ``epochs``; with
+    ``workers`` = (strategy, cluster), this worker's part of a multi-worker fit (its shards as
+    the strategy's input, every worker starting from the chief's state, batch-norm statistics
+    averaged: :class:`catsdogs.distributed.FollowChief`, :class:`~catsdogs.distributed.
+    AverageStatistics`).
 
     Raises:
         TrainingInterrupted: Ctrl-C (the last completed epoch is in the backup).
+        RunError: another worker failed or cannot be reached (multi-worker).
     """
     # Keras' BackupAndRestore restores an epoch into model._initial_epoch, which fit then
     # prefers to its initial_epoch argument; a restore in an earlier fit of this model (stage 1
     # of transfer learning) must not carry over into this one.
     model._initial_epoch = None
+    scope = contextlib.nullcontext()
+    if workers:
+        strategy, cluster = workers
+        data = tuple(distribute(strategy, d) for d in data)
+        callbacks = [AverageStatistics(strategy), *callbacks,
+                     FollowChief(strategy, cluster, initial_epoch)]
+        scope = strategy.scope()
     try:
-        model.fit(data[0], validation_data=data[1], epochs=epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, validation_freq=validation, shuffle=False,
-                  verbose=1 if progress else 2)
+        with scope:
+            model.fit(data[0], validation_data=data[1], epochs=epochs,
+                      initial_epoch=initial_epoch, callbacks=callbacks,
+                      validation_freq=validation, shuffle=False, verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.out, run_file(cfg.out, BACKUP_DIR)) from None
+    except tf.errors.OpError as exc:
+        if workers:
+            raise worker_lost(workers[1], exc) from exc
+        raise
 
 
 def _train_head(model: keras.Model, cfg: TrainConfig, data: tuple, augment, steps: int,
-                progress: bool) -> None:
+                progress: bool, workers=None) -> None:
     """Transfer learning (:mod:`catsdogs.transfer`): stage 1, the first ``head_epochs`` epochs
     with the backbone frozen (skipped when a resumed run has finished it: its weights are
     loaded instead), then unfreeze the top of the backbone and compile stage 2."""
@@ -670,7 +750,7 @@ def _train_head(model: keras.Model, cfg: TrainConfig, data: tuple, augment, step
               f"parameters), backbone frozen, learning rate {cfg.learning_rate:g}")
         validation = [e for e in cfg.validation_epochs() if e < cfg.head_epochs]
         _fit(model, cfg, data, cfg.head_epochs, [*validation, cfg.head_epochs],
-             make_callbacks(cfg, augment, backup=HEAD_BACKUP_DIR), progress)
+             make_callbacks(cfg, augment, backup=HEAD_BACKUP_DIR), progress, workers=workers)
         with atomic_path(head, suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
         shutil.rmtree(run_file(cfg.out, HEAD_BACKUP_DIR), ignore_errors=True)
