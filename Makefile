@@ -4,6 +4,7 @@
 #   make test                           lint + the whole test suite (what CI runs)
 #   make bench / make bench-quick       benchmarks → benchmarks/results/
 #   make bench-backbones                Keras Applications backbones and transfer learning
+#   make bench-scaling                  multi-worker training: 2 workers × 1 core vs 1 × 2 cores
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,7 @@ BUDGET ?=
 RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
 ARGS ?=
 
-.PHONY: install train test lint bench bench-quick bench-backbones clean
+.PHONY: install train test lint bench bench-quick bench-backbones bench-scaling clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ bench-quick: install
 # flower photos (benchmarks/backbones.py).
 bench-backbones: install
 	$(BIN)/python benchmarks/backbones.py --data "$(DATA)" $(if $(OTHER),--flowers "$(OTHER)/flowers")
+
+# One worker on 2 cores against two workers on 1 core each (benchmarks/scaling.py).
+bench-scaling: install
+	$(BIN)/python benchmarks/scaling.py --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
