@@ -15,12 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_folder  # noqa: F401 - fixture
 
+import catsdogs.data.scan as scan_module
+from catsdogs.data.scan import scan_folder
 from catsdogs.distributed import Cluster, find_cluster, shard, worker_folder
 from catsdogs.errors import ConfigError
 
@@ -77,6 +79,58 @@ def test_shards_are_equal_disjoint_and_drop_at_most_one_per_worker():
     assert shard(items, None) is items
     assert worker_folder("runs/a", 0) == "runs/a"
     assert worker_folder("runs/a/", 2) == "runs/a.worker-2"
+
+
+def truncated_jpeg(path: Path, source: Path) -> Path:
+    """A JPEG whose header is intact and whose body is cut: only decoding finds it."""
+    data = source.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_a_shared_scan_decodes_each_photo_once_and_agrees_on_broken_files(make_folder,
+                                                                           monkeypatch):
+    """Two workers scan the same folder in two threads (agree = a sum over a barrier, as the
+    all-reduce does): each photo is decoded by one worker, both find the broken files."""
+    root = make_folder(cats=9, dogs=9)
+    truncated_jpeg(root / "Cat" / "broken.jpg", root / "Cat" / "0.jpg")
+    (root / "Dog" / "empty.jpg").write_bytes(b"")
+    decoded: dict[str, int] = {}
+    real_load = scan_module.load_image
+
+    def counting_load(data, name=None):
+        decoded[name] = decoded.get(name, 0) + 1
+        return real_load(data, name=name)
+
+    monkeypatch.setattr(scan_module, "load_image", counting_load)
+    barrier, flags, results = threading.Barrier(2), [None, None], [None, None]
+
+    def agree(rank):
+        def fn(mine):
+            flags[rank] = mine
+            barrier.wait()
+            return flags[0] + flags[1]
+        return fn
+
+    def scan(rank):
+        results[rank] = scan_folder(root, progress=False, share=(rank, 2), agree=agree(rank),
+                                    workers=2)
+
+    threads = [threading.Thread(target=scan, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    shared_decodes = dict(decoded)
+    alone = scan_folder(root, progress=False)
+    for r in results:
+        assert [p.path for p in r.photos] == [p.path for p in alone.photos]
+        assert [p.sha256 for p in r.photos] == [p.sha256 for p in alone.photos]
+        assert {(s.path, s.reason) for s in r.skipped} == {(s.path, s.reason)
+                                                           for s in alone.skipped}
+    assert str(root / "Cat" / "broken.jpg") in {s.path for s in alone.skipped}
+    photos = {p.path for p in alone.photos}
+    assert len(photos) == 18 and all(shared_decodes[p] == 1 for p in photos)  # by one worker
 
 
 def free_ports(n: int) -> list[int]:
@@ -149,7 +203,7 @@ def weights_line(out: str) -> str:
 
 
 @pytest.fixture
-def photos(make_folder):  # noqa: F811 - the conftest fixture
+def photos(make_folder):
     return make_folder(cats=60, dogs=60)
 
 

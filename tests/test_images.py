@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from catsdogs.data.images import MAX_PIXELS, load_image
+from catsdogs.data.images import MAX_PIXELS, image_header, load_image
 from catsdogs.errors import ImageError
 
 
@@ -89,6 +89,23 @@ def test_exif_orientation_is_applied():
     arr = load_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95))
     assert arr.shape == (30, 20, 3)
     assert arr[0].min() > 200 and arr[-1].max() < 50
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_header_gives_the_upright_size_without_decoding(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    noise = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG", exif=exif.tobytes())
+    height, width = load_image(data).shape[:2]
+    assert image_header(data) == (width, height) == ((200, 300) if orientation > 4
+                                                     else (300, 200))
+    # a cut body passes the header check; only decoding finds it
+    assert image_header(data[: len(data) // 2]) == (width, height)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="not an image"):
+        image_header(b"plain text, not a photo")
 
 
 @pytest.mark.parametrize("size", [(1, 1), (10000, 20)])

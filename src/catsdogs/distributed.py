@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -290,6 +291,16 @@ class AverageStatistics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._average()
+
+
+Shared = tuple[tuple[int, int], Callable[[np.ndarray], np.ndarray]]
+"""A multi-worker scan's ``(share, agree)`` (:func:`catsdogs.data.scan.inspect_all`)."""
+
+
+def scan_share(strategy: tf.distribute.Strategy, cluster: Cluster) -> Shared:
+    """This worker's share of the scan, ``(rank, size)``, and the all-reduce SUM by which the
+    workers agree on the unreadable files."""
+    return (cluster.rank, cluster.size), lambda flags: all_reduce(strategy, [flags], "SUM")[0]
 
 
 def worker_lost(cluster: Cluster, error: Exception) -> RunError:

@@ -49,11 +49,13 @@ from catsdogs.distributed import (
     AverageStatistics,
     Cluster,
     FollowChief,
+    Shared,
     distribute,
     fingerprint,
     make_strategy,
     prepare_model,
     remove_worker_folder,
+    scan_share,
     shard,
     worker_folder,
     worker_lost,
@@ -166,9 +168,15 @@ def _limit(photos: list[Photo], limit: int | None, seed: int) -> list[Photo]:
     return sorted(out, key=lambda p: p.path)
 
 
-def prepare_data(cfg: TrainConfig, run: str, progress: bool
+def prepare_data(cfg: TrainConfig, run: str, progress: bool, shared: Shared | None = None
                  ) -> tuple[ScanResult, dict[str, np.ndarray]]:
     """Scan, deduplicate, limit and split the photos; write ``scan.json`` and ``splits.csv``.
+
+    Args:
+        shared: a multi-worker scan, ``(share, agree)`` (:func:`catsdogs.data.scan.inspect_all`):
+            each worker decodes its share of the files, all agree on the unreadable ones, and
+            all make the same split. No photo is kept then (each worker decodes its training
+            shard in the first epoch).
 
     Returns:
         The scan, and every readable photo resized to :meth:`TrainConfig.cache_size`, by path
@@ -178,7 +186,9 @@ def prepare_data(cfg: TrainConfig, run: str, progress: bool
         DataError: the folder is unusable (missing, empty, one class only, …).
     """
     resized = ResizedPhotos(cfg.cache_size())
-    result = scan_folder(cfg.data, progress=progress, keep=resized)
+    share, agree = shared or (None, None)
+    result = scan_folder(cfg.data, progress=progress, keep=None if shared else resized,
+                         share=share, agree=agree)
     result.write_json(run_file(run, SCAN_FILE))
     for line in summary_lines(result):
         if progress or line.lstrip().startswith("SKIP"):
@@ -190,18 +200,21 @@ def prepare_data(cfg: TrainConfig, run: str, progress: bool
                            cfg.test_fraction))
     save_split(examples, run_file(run, SPLITS_FILE))
     if cfg.other:
-        _prepare_other(cfg, run, resized, progress)
+        _prepare_other(cfg, run, None if shared else resized, progress, shared)
     return result, resized.finish()
 
 
-def _prepare_other(cfg: TrainConfig, run: str, keep: ResizedPhotos, progress: bool) -> None:
+def _prepare_other(cfg: TrainConfig, run: str, keep: ResizedPhotos | None, progress: bool,
+                   shared: Shared | None = None) -> None:
     """Scan ``cfg.other`` (photos kept resized by ``keep``), hold one kind out, split the rest
     and write ``other.csv``.
 
     Raises:
         DataError: the folder is unusable or the held-out kind does not exist.
     """
-    photos, skipped = scan_other(cfg.other, keep=keep, progress=progress)
+    share, agree = shared or (None, None)
+    photos, skipped = scan_other(cfg.other, keep=keep, progress=progress, share=share,
+                                 agree=agree)
     for s in skipped:
         print(f"    SKIP {s.path}: {s.reason}")
     holdout = {"auto": default_holdout(photos), "none": None}.get(cfg.other_holdout,
@@ -216,7 +229,8 @@ def _prepare_other(cfg: TrainConfig, run: str, keep: ResizedPhotos, progress: bo
           f"{f' (held-out kind: {holdout})' if holdout else ''}")
 
 
-def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool
+def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool,
+                     shared: Shared | None = None
                      ) -> tuple[TrainConfig, list[Example], dict[str, np.ndarray]]:
     """The run's config, split and decoded photos: new (scan, split, save ``config.json``) or,
     on resume, read back from the run folder (photos are then decoded in the first epoch)."""
@@ -228,7 +242,7 @@ def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool
                   else f"{cfg.epochs} epochs")
         print(f"Resuming {run} (preset {cfg.preset}, {length})")
         return cfg, load_split(run_file(run, SPLITS_FILE)), {}
-    kept = prepare_data(cfg, run, progress)[1]
+    kept = prepare_data(cfg, run, progress, shared)[1]
     cfg.save(run, versions=software_versions())
     return cfg, load_split(run_file(run, SPLITS_FILE)), kept
 
@@ -649,7 +663,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if resume and training_finished(cfg.out):
         print(f"Resuming {cfg.out}: training is complete; only the evaluation is left")
         return None
-    cfg, examples, kept = _start_or_resume(cfg, resume, progress)
+    shared = scan_share(strategy, cluster) if cluster else None
+    cfg, examples, kept = _start_or_resume(cfg, resume, progress, shared)
     clock["data"] = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)

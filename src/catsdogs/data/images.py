@@ -159,6 +159,37 @@ def load_image(source: Source, name: str | None = None) -> np.ndarray:
         raise ImageError(label, f"corrupt or truncated image ({_short(exc)})") from None
 
 
+_SWAPS_SIDES = {5, 6, 7, 8}
+"""EXIF orientations that turn the photo by 90° (width and height swap when upright)."""
+
+
+def image_header(source: Source, name: str | None = None) -> tuple[int, int]:
+    """Read a photo's header only: its upright ``(width, height)`` in pixels, no pixel decoded.
+
+    A multi-worker scan (:func:`catsdogs.data.scan.scan_folder` with ``share``) checks the
+    photos other workers decode this way; it catches what the header shows (not an image, empty,
+    too many pixels), not a truncated body.
+
+    Raises:
+        ImageError: missing, empty or unreadable file, not an image, no pixels, or more than
+            :data:`MAX_PIXELS` pixels.
+    """
+    img, label = _open(source, name)
+    with img:
+        width, height = img.size
+        if width < 1 or height < 1:
+            raise ImageError(label, f"image has no pixels ({width}x{height})")
+        if width * height > MAX_PIXELS:
+            raise ImageError(label, f"too many pixels ({width}x{height} = {width * height:,} "
+                                    f"> {MAX_PIXELS:,}, the decompression-bomb limit); "
+                                    "not decoded")
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block is found when decoding
+            orientation = 1
+    return (height, width) if orientation in _SWAPS_SIDES else (width, height)
+
+
 def _short(exc: BaseException, limit: int = 120) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"

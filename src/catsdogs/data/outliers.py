@@ -17,15 +17,13 @@ from __future__ import annotations
 import csv
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
 
-from catsdogs.data.scan import Keep, Skipped, inspect_file, walk_files
+from catsdogs.data.scan import Agree, Keep, Share, Skipped, inspect_all, inspect_file, walk_files
 from catsdogs.errors import DataError, RunError, display_path
 from catsdogs.io import atomic_write_text
 
@@ -59,12 +57,14 @@ class OtherExample:
     split: str
 
 
-def _inspect(path: str, kind: str, keep: Keep | None) -> OtherPhoto | Skipped:
-    found = inspect_file(path, keep)
+def _inspect(path: str, kind: str, keep: Keep | None, decode: bool = True
+             ) -> OtherPhoto | Skipped:
+    found = inspect_file(path, keep, decode)
     return found if isinstance(found, Skipped) else OtherPhoto(path, kind, found[0])
 
 
-def scan_other(root: str | os.PathLike, *, keep: Keep | None = None, progress: bool = True
+def scan_other(root: str | os.PathLike, *, keep: Keep | None = None, progress: bool = True,
+               share: Share | None = None, agree: Agree | None = None
                ) -> tuple[list[OtherPhoto], list[Skipped]]:
     """Find, decode and deduplicate every photo below ``root``.
 
@@ -74,6 +74,7 @@ def scan_other(root: str | os.PathLike, *, keep: Keep | None = None, progress: b
         keep: called as ``keep(path, pixels)`` with each readable photo (see
             :func:`catsdogs.data.scan.scan_folder`).
         progress: show a progress bar.
+        share, agree: a multi-worker scan (:func:`catsdogs.data.scan.inspect_all`).
 
     Returns:
         ``(photos, skipped)``: readable photos sorted by path, exact duplicates removed (the
@@ -89,11 +90,9 @@ def scan_other(root: str | os.PathLike, *, keep: Keep | None = None, progress: b
     files = walk_files(root, skipped)
     kinds = [os.path.relpath(os.path.dirname(f), root).replace(os.sep, "/") for f in files]
     kinds = ["other" if k == "." else k for k in kinds]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        found = list(tqdm(pool.map(lambda fk: _inspect(*fk, keep),
-                                   zip(files, kinds, strict=True)),
-                          total=len(files), desc="scan other", unit="file",
-                          disable=not progress, leave=False))
+    found = inspect_all(lambda fk, decode: _inspect(*fk, keep, decode),
+                        list(zip(files, kinds, strict=True)), share=share, agree=agree,
+                        progress=progress, desc="scan other")
     photos, seen = [], set()
     for item in found:
         if isinstance(item, Skipped):

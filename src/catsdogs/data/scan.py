@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from catsdogs.constants import CLASSES
-from catsdogs.data.images import load_image, read_file
+from catsdogs.data.images import image_header, load_image, read_file
 from catsdogs.errors import DataError, ImageError, display_path
 from catsdogs.io import atomic_write_text
 
@@ -235,11 +235,27 @@ Keep = Callable[[str, np.ndarray], None]
 from the scan's decoding threads."""
 
 
-def inspect_file(path: str, keep: Keep | None = None) -> tuple[str, int, int] | Skipped:
+Share = tuple[int, int]
+"""``(rank, size)``: in a multi-worker scan, this worker fully decodes the files whose index in
+the (sorted, identical on every worker) file list is ``rank`` modulo ``size``, and reads only the
+header of the others."""
+
+Agree = Callable[[np.ndarray], np.ndarray]
+"""Sums a ``(n_files,) float64`` vector over the workers (an all-reduce): how a multi-worker
+scan learns which files another worker found unreadable."""
+
+
+def inspect_file(path: str, keep: Keep | None = None, decode: bool = True
+                 ) -> tuple[str, int, int] | Skipped:
     """Read and decode one file (passing its pixels to ``keep``): ``(sha256, width, height)``
-    of a readable photo, or the :class:`Skipped` reason it cannot be used."""
+    of a readable photo, or the :class:`Skipped` reason it cannot be used. Without ``decode``
+    only the header is read (:func:`catsdogs.data.images.image_header`; ``keep`` is not
+    called)."""
     try:
         data = read_file(path)
+        if not decode:
+            w, h = image_header(data, name=path)
+            return hashlib.sha256(data).hexdigest(), w, h
         pixels = load_image(data, name=path)
     except ImageError as exc:
         return Skipped(path, exc.reason)
@@ -249,14 +265,48 @@ def inspect_file(path: str, keep: Keep | None = None) -> tuple[str, int, int] | 
     return hashlib.sha256(data).hexdigest(), w, h
 
 
-def _inspect(item: tuple[str, int], keep: Keep | None = None) -> Photo | Skipped:
+def _inspect(item: tuple[str, int], keep: Keep | None = None, decode: bool = True
+             ) -> Photo | Skipped:
     path, label = item
-    found = inspect_file(path, keep)
+    found = inspect_file(path, keep, decode)
     return found if isinstance(found, Skipped) else Photo(path, label, *found)
 
 
+def inspect_all(inspect: Callable, items: list, *, share: Share | None = None,
+                agree: Agree | None = None, workers: int | None = None,
+                progress: bool = True, desc: str = "scan") -> list:
+    """``inspect(item, decode)`` for every item in threads, with a progress bar; each outcome
+    is a photo or a :class:`Skipped` (``item[0]`` is the path).
+
+    With ``share`` (and ``agree``), a multi-worker scan: this worker decodes its share and
+    reads only the header of the rest, then ``agree`` sums the workers' "unreadable" flags, and
+    a file another worker could not decode is skipped here too (inspected again, fully, for
+    its reason: it is a broken file, not a photo). Every worker ends with the same outcomes,
+    and no photo is decoded by every worker.
+    """
+    rank, size = share or (0, 1)
+
+    def one(indexed):
+        i, item = indexed
+        return inspect(item, i % size == rank)
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        outcomes = list(tqdm(pool.map(one, enumerate(items)), total=len(items), desc=desc,
+                             unit="file", disable=not progress, leave=False))
+    if share is None or agree is None:
+        return outcomes
+    flags = np.array([isinstance(o, Skipped) for o in outcomes], np.float64)
+    for i in np.flatnonzero(agree(flags)):
+        if not isinstance(outcomes[i], Skipped):
+            again = inspect(items[i], True)
+            outcomes[i] = again if isinstance(again, Skipped) else Skipped(
+                outcomes[i].path, "unreadable on another worker")
+    return outcomes
+
+
 def scan_folder(root: str | os.PathLike, *, workers: int | None = None,
-                progress: bool = True, keep: Keep | None = None) -> ScanResult:
+                progress: bool = True, keep: Keep | None = None, share: Share | None = None,
+                agree: Agree | None = None) -> ScanResult:
     """Scan a labelled folder: label every file, decode it to validate it, hash it.
 
     Args:
@@ -267,6 +317,9 @@ def scan_folder(root: str | os.PathLike, *, workers: int | None = None,
             readable photo's pixels (``(height, width, 3) uint8``, upright). Training passes a
             :class:`catsdogs.data.pipeline.ResizedPhotos` to keep every photo resized to its
             input size, so nothing is decoded twice.
+        share, agree: a multi-worker scan (:func:`inspect_all`): every worker calls it with
+            its ``(rank, size)`` and an all-reduce; each decodes only its share of the files
+            and all return the same result.
 
     Returns:
         A :class:`ScanResult`; call :meth:`ScanResult.check_usable` to require both classes.
@@ -277,12 +330,9 @@ def scan_folder(root: str | os.PathLike, *, workers: int | None = None,
     root = os.path.abspath(os.fspath(root))
     layout, labelled, skipped = find_labelled_files(root)
     result = ScanResult(root=root, layout=layout, skipped=skipped)
-    workers = workers or os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(tqdm(pool.map(lambda item: _inspect(item, keep), labelled),
-                             total=len(labelled),
-                             desc=f"scan {display_path(os.path.basename(root)) or root}",
-                             unit="file", disable=not progress, leave=False))
+    outcomes = inspect_all(lambda item, decode: _inspect(item, keep, decode), labelled,
+                           share=share, agree=agree, workers=workers, progress=progress,
+                           desc=f"scan {display_path(os.path.basename(root)) or root}")
     for out in outcomes:
         (result.photos if isinstance(out, Photo) else result.skipped).append(out)
     result.skipped.sort(key=lambda s: s.path)
