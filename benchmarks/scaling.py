@@ -85,7 +85,8 @@ def run_two(data: str, work: str, preset: str, epochs: int, batch: int, lr: floa
     t0 = time.perf_counter()
     procs = [launch(str(i), ["--data", data, "--out", run, "--preset", preset, "--epochs",
                              str(epochs), "--batch-size", str(batch // 2), "--set",
-                             f"learning_rate={lr / 2}", "--workers", workers, "--worker-index", str(i),
+                             f"learning_rate={lr / 2}", "--workers", workers,
+                             "--worker-index", str(i),
                              "--no-progress", *extra], os.path.join(work, f"two-{i}.log"))
              for i in range(2)]
     if [p.wait() for p in procs] != [0, 0]:

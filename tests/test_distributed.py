@@ -223,6 +223,27 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(photos, tmp_path)
     assert "report" not in out[1].lower() and "Saved" not in out[1]
 
 
+def test_two_workers_follow_the_chiefs_time_budget(photos, tmp_path):
+    """Each worker measures and re-plans; all take the chief's plan, so both stop at the same
+    planned step (a worker stopping alone would hang the other until the timeout)."""
+    run = tmp_path / "run"
+    ports = free_ports(2)
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    args = [train_args(photos, run, ports, i, "--time-budget", "1")
+            for i in range(2)]
+    procs = [start(a, log) for a, log in zip(args, logs, strict=True)]
+    out = finish(procs, logs)
+    assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in out]
+    assert weights_line(out[0]) == weights_line(out[1])
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["steps_done"] == plan["total_steps"] > 0
+    planned = [re.findall(r"^Time budget .*planned (\d+) steps", o, re.M) for o in out]
+    assert planned[0] == planned[1] == [str(plan["planned_steps"])]
+    trained = [re.findall(r"^Time budget: trained the planned (\d+) steps", o, re.M)
+               for o in out]
+    assert trained[0] == trained[1] == [str(plan["steps_done"])]
+
+
 def wait_for(path: Path, pattern: str, procs, seconds=TIMEOUT) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ from conftest import run_cli, save_photo
 
 import catsdogs.data.pipeline as pipeline
 from catsdogs import api, training
-from catsdogs.budget import BudgetPlan
+from catsdogs.budget import RESERVE_FIXED_SECONDS, BudgetPlan
 from catsdogs.config import make_config
 from catsdogs.data.split import load_split, select
 from catsdogs.errors import ConfigError, DataError, RunError
@@ -97,6 +97,31 @@ def test_a_time_budget_run_follows_its_plan_to_the_end(make_folder, tmp_path):
     report = (run / "report.md").read_text()
     assert "## Time budget" in report and f"trained {plan.steps_done}" in report
     assert "Whole command:" in report
+
+
+def test_bfloat16_training_keeps_time_for_a_float32_evaluation(make_folder, tmp_path,
+                                                                monkeypatch):
+    """The evaluation after training runs the saved float32 model, so a bfloat16 run prices
+    its passes at the float32 speed (measured on a float32 copy of the model), not at the
+    bfloat16 validation speed."""
+    calls, real = [], training.float32_batch_seconds
+
+    def float32_batch(cfg):
+        calls.append(keras.mixed_precision.global_policy().name)
+        assert real(cfg) > 0  # the real measurement runs
+        calls.append(keras.mixed_precision.global_policy().name)
+        return 0.5
+
+    monkeypatch.setattr(training, "float32_batch_seconds", float32_batch)
+    run = tmp_path / "run"
+    api.train(make_folder(cats=16, dogs=16), run, "quick", image_size=32, batch_size=4,
+              time_budget=0.5, precision="mixed_bfloat16", progress=False)
+    assert calls == ["float32", "float32"]  # measured once, in float32
+    cfg = training.TrainConfig.load(str(run))
+    examples = load_split(f"{run}/splits.csv")
+    photos_after = training._photos_after_training(cfg, examples)
+    plan = BudgetPlan.load(str(run))
+    assert plan.reserve_seconds == pytest.approx(RESERVE_FIXED_SECONDS + photos_after * 0.5 / 4)
 
 
 def test_epochs_turn_the_budget_off_and_the_schedule_keeps_its_numbers():

@@ -177,7 +177,7 @@ class BudgetPlan:
             raise RunError(f"{run_file(run, PLAN_FILE)}: unreadable ({exc})") from None
 
 
-def reserve_seconds(photos_after: int, val_photos: int, val_seconds: float) -> float:
-    """Seconds to keep after the last step: ``photos_after`` model passes at the validation
-    rate (``val_photos`` photos in ``val_seconds``) plus :data:`RESERVE_FIXED_SECONDS`."""
-    return RESERVE_FIXED_SECONDS + photos_after * val_seconds / max(1, val_photos)
+def reserve_seconds(photos_after: int, photos: int, seconds: float) -> float:
+    """Seconds to keep after the last step: ``photos_after`` model passes at a measured
+    evaluation rate (``photos`` photos in ``seconds``) plus :data:`RESERVE_FIXED_SECONDS`."""
+    return RESERVE_FIXED_SECONDS + photos_after * seconds / max(1, photos)

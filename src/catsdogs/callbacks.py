@@ -128,15 +128,20 @@ class FollowBudget(keras.callbacks.Callback):
         warmup: ``total_steps → warm-up steps``.
         save: called with the plan after every epoch (writes ``plan.json``).
         spent: seconds of the budget used so far.
+        agree: called with the plan after every re-plan; on several workers it replaces the
+            plan with the chief's (:class:`catsdogs.distributed.PlanAgreement`), so all
+            workers stop at the same step.
     """
 
     WINDOW_SECONDS = 120.0
 
     def __init__(self, plan: BudgetPlan, schedule, warmup: Callable[[int], int],
-                 save: Callable[[BudgetPlan], None], spent: Callable[[], float]):
+                 save: Callable[[BudgetPlan], None], spent: Callable[[], float],
+                 agree: Callable[[BudgetPlan], None] | None = None):
         super().__init__()
         self.plan, self.schedule, self.warmup, self.save, self.spent = (plan, schedule, warmup,
                                                                         save, spent)
+        self.agree = agree or (lambda plan: None)
         self.window: collections.deque = collections.deque()
         self._mark: tuple[float, int] | None = None  # (time, steps) at the last call's end
         self._size = plan.sizes[0]
@@ -171,6 +176,7 @@ class FollowBudget(keras.callbacks.Callback):
             self.model.stop_training = True
             return
         self.plan.replan(steps, self.spent())
+        self.agree(self.plan)
         self._apply()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -184,6 +190,7 @@ class FollowBudget(keras.callbacks.Callback):
             print(f"Time budget: trained the planned {plan.steps_done} steps, {used}")
         elif not self.model.stop_training:
             plan.replan(plan.steps_done, plan.spent_seconds)
+            self.agree(plan)
             self._apply()
             print(f"Time budget: {used}; plan {plan.total_steps} steps "
                   f"({plan.total_steps / plan.steps_per_epoch:.1f} epochs) at "

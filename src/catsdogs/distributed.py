@@ -207,26 +207,26 @@ def distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
 
 def all_reduce(strategy: tf.distribute.Strategy, values: list[np.ndarray], op: str
                ) -> list[np.ndarray]:
-    """All-reduce ``values`` across the workers (``op``: ``"SUM"`` or ``"MEAN"``). Every worker
-    must call it at the same point, with arrays of the same shapes, else it waits for ever
-    (until TensorFlow's health check finds a dead worker).
+    """All-reduce ``values`` across the workers (``op``: ``"SUM"`` or ``"MEAN"``) in one
+    collective: flattened into one vector, reduced with ``strategy.reduce``, split back. Every
+    worker must call it at the same point, with arrays of the same shapes, else it waits for
+    ever (until TensorFlow's health check finds a dead worker).
 
     Args:
         values: numbers as arrays of any shape; carried as float64, which holds float32 values
             and integers below 2**53 exactly.
 
     Returns:
-        The reduced arrays, float64, in the same order.
+        The reduced arrays, float64, in the same order and shapes.
     """
     if not values:
         return []
-    mine = [tf.constant(np.asarray(v, np.float64)) for v in values]
-
-    def replica_fn():
-        return tf.distribute.get_replica_context().all_reduce(op, mine)
-
-    out = strategy.run(tf.function(replica_fn))
-    return [np.asarray(strategy.experimental_local_results(o)[0]) for o in out]
+    arrays = [np.asarray(v, np.float64) for v in values]
+    flat = np.concatenate([a.ravel() for a in arrays])
+    mine = strategy.experimental_distribute_values_from_function(lambda context: tf.constant(flat))
+    total = strategy.reduce(op, mine, axis=None).numpy()
+    ends = np.cumsum([a.size for a in arrays])[:-1]
+    return [part.reshape(a.shape) for part, a in zip(np.split(total, ends), arrays, strict=True)]
 
 
 def broadcast(strategy: tf.distribute.Strategy, cluster: Cluster,
@@ -235,6 +235,33 @@ def broadcast(strategy: tf.distribute.Strategy, cluster: Cluster,
     (:func:`all_reduce`)."""
     scale = 1.0 if cluster.is_chief else 0.0
     return all_reduce(strategy, [np.asarray(v, np.float64) * scale for v in values], "SUM")
+
+
+PLAN_NUMBERS = ("val_seconds", "reserve_seconds", "max_steps", "planned_steps", "total_steps",
+                "steps_done", "speed", "spent_seconds", "calibration_seconds")
+"""The :class:`catsdogs.budget.BudgetPlan` fields the workers agree on (with its measured
+seconds per step at each size)."""
+
+
+class PlanAgreement:
+    """Every worker takes the chief's time-budget plan: measured costs, planned steps and the
+    re-plans made while training (each worker measures and re-plans, then the chief's numbers
+    replace its own), so all stop at the same step and none waits for ever in the all-reduce.
+    Call it at the same points on every worker (a time-budget run: after every step, about
+    5 ms on one machine)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, cluster: Cluster, sizes: list[int]):
+        self.strategy, self.cluster, self.sizes = strategy, cluster, [str(s) for s in sizes]
+
+    def __call__(self, plan) -> None:
+        """Overwrite ``plan`` (a :class:`catsdogs.budget.BudgetPlan`) with the chief's (one
+        small collective)."""
+        mine = [plan.step_seconds[s] for s in self.sizes] + [getattr(plan, f)
+                                                             for f in PLAN_NUMBERS]
+        chief = broadcast(self.strategy, self.cluster, [np.array(mine)])[0]
+        plan.step_seconds = dict(zip(self.sizes, map(float, chief), strict=False))
+        for name, value in zip(PLAN_NUMBERS, chief[len(self.sizes):], strict=True):
+            setattr(plan, name, type(getattr(plan, name))(value))
 
 
 def _assign(variables, values) -> None:

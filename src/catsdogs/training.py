@@ -49,6 +49,7 @@ from catsdogs.distributed import (
     AverageStatistics,
     Cluster,
     FollowChief,
+    PlanAgreement,
     Shared,
     distribute,
     fingerprint,
@@ -85,22 +86,18 @@ from catsdogs.system import resolve_precision, software_versions
 from catsdogs.transfer import fine_tune_config, freeze_backbone, unfreeze_top
 
 
-def check_config(cfg: TrainConfig, cluster: Cluster | None = None) -> None:
-    """Fail fast, before the scan, on settings that cannot train (with ``cluster``: on several
-    machines).
+def check_config(cfg: TrainConfig) -> None:
+    """Fail fast, before the scan, on settings that cannot train.
 
     Raises:
         ConfigError: unknown model or augmentation, ``train_sizes`` with an augmentation that
             cannot resize (``tutorial``), ``val_every`` below 1, backbone weights that cannot
             be found (:func:`catsdogs.backbones.resolve_weights`) or for a model without a
-            backbone, ``head_epochs`` without weights or with a time budget, a time budget with
-            a cluster.
+            backbone, ``head_epochs`` without weights or with a time budget.
         DataError: ``other`` is set but is not a folder.
     """
     cfg.validation_epochs()
-    if cluster and cfg.time_budget:
-        raise ConfigError("--time-budget with several workers is not supported: pass "
-                          "--epochs N (the same on every worker)")
+
     if cfg.model not in available_models():
         raise ConfigError(f"unknown model {cfg.model!r}; choose one of {available_models()}")
     _check_weights(cfg)
@@ -553,19 +550,26 @@ def measure_throughput(model: keras.Model, train_ds, augment, sizes: list[int], 
 
 
 def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_per_epoch: int,
-                examples: list[Example], resume: bool, started: float) -> BudgetPlan:
+                examples: list[Example], resume: bool, started: float,
+                agree: PlanAgreement | None = None, eval_batch: float | None = None
+                ) -> BudgetPlan:
     """The time-budget plan of a run: on resume, the saved ``plan.json`` (the same plan, not
     re-measured); else measure the throughput (:func:`measure_throughput`) and plan the
     steps that fit in the budget left (:meth:`catsdogs.budget.BudgetPlan.replan`).
 
     Args:
         started: ``time.perf_counter()`` when the command started; the budget counts from it.
+        agree: several workers: every one measures, then all take the chief's plan.
+        eval_batch: seconds of one evaluation batch (``batch_size`` photos) after training;
+            default: the measured validation batch (right when training in float32).
 
     Raises:
         RunError: a resumed run without a readable ``plan.json``.
     """
+    agree = agree or (lambda plan: None)
     if resume:
         plan = BudgetPlan.load(cfg.out)
+        agree(plan)
         print(f"Resuming the time-budget plan: {plan.total_steps} steps "
               f"({plan.epochs()} epochs), {plan.spent_seconds / 60:.1f} of "
               f"{plan.budget_seconds / 60:g} min used")
@@ -577,17 +581,35 @@ def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_p
     n_val = len(select(examples, "val")[0])
     val_seconds = float(val_batch * np.ceil(n_val / cfg.batch_size))
     plan = BudgetPlan(cfg.budget_seconds, steps_per_epoch, sizes, step_seconds, val_seconds,
-                      reserve_seconds(_photos_after_training(cfg, examples), n_val, val_seconds),
+                      reserve_seconds(_photos_after_training(cfg, examples), cfg.batch_size,
+                                      val_batch if eval_batch is None else eval_batch),
                       val_every=cfg.val_every, granularity=cfg.steps_per_execution,
                       calibration_seconds=time.perf_counter() - t0, batch_size=cfg.batch_size)
-    planned = plan.replan(0, time.perf_counter() - started)
-    plan.planned_steps = planned
+    plan.planned_steps = plan.replan(0, time.perf_counter() - started)
     plan.max_steps = (int(np.ceil(1.5 * plan.epochs())) + 1) * steps_per_epoch
+    agree(plan)
+    planned, step_seconds = plan.planned_steps, plan.step_seconds
     rates = ", ".join(f"{s} px {cfg.batch_size / t:.0f}" for s, t in step_seconds.items())
     print(f"Time budget {cfg.time_budget:g} min: measured photos/s {rates}; planned "
           f"{planned} steps ({planned / steps_per_epoch:.1f} epochs), "
           f"{plan.reserve_seconds:.0f} s kept for the evaluation")
     return plan
+
+
+def float32_batch_seconds(cfg: TrainConfig, repeats: int = 2) -> float:
+    """Seconds of one forward pass of ``batch_size`` photos at ``image_size`` through the
+    run's model in float32 (what ``model.keras`` computes in), after tracing: the fastest of
+    ``repeats`` timed passes. Builds a fresh model (the speed does not depend on the weights)."""
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_model(cfg.model, cfg.image_size, **model_kwargs(cfg, weights=False))
+    x = np.zeros((cfg.batch_size, cfg.image_size, cfg.image_size, 3), np.float32)
+    model.predict_on_batch(x)  # traces
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.predict_on_batch(x)
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def _photos_after_training(cfg: TrainConfig, examples: list[Example]) -> int:
@@ -656,7 +678,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     clock = clock if clock is not None else {}
     clock.setdefault("start", time.perf_counter())
     strategy = make_strategy(cluster) if cluster else None  # before any other TensorFlow op
-    check_config(cfg, None if resume else cluster)  # resumed: the saved settings were checked
+    check_config(cfg)
     if cluster:
         cfg = for_workers(cfg, cluster)
     prepare_run_folder(cfg.out, resume, overwrite)
@@ -671,14 +693,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     kept.clear()
     lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
     model, precision = build_for_training(cfg, steps, lr, strategy)
+    workers = (strategy, cluster) if cluster else None
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
-                            clock["start"]) if cfg.time_budget else None
+                            clock["start"], workers) if cfg.time_budget else None
     epochs = follow.plan.max_steps // steps if follow else cfg.epochs
     validation = PlannedValidation(follow.plan) if follow else cfg.validation_epochs()
     if cfg.val_every > 1 and not follow:
         print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
     clock["setup"] = time.perf_counter()
-    workers = (strategy, cluster) if cluster else None
     if cfg.head_epochs:  # the fit stage covers both stages of transfer learning
         _train_head(model, cfg, (train_ds, val_ds), augment, steps, progress, workers)
         validation = [e for e in validation if e > cfg.head_epochs]
@@ -778,9 +800,21 @@ def _train_head(model: keras.Model, cfg: TrainConfig, data: tuple, augment, step
 
 
 def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
-                   examples: list[Example], resume: bool, lr, started: float) -> FollowBudget:
-    """The callback that trains ``model`` to the run's time budget (:func:`plan_budget`)."""
-    plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started)
+                   examples: list[Example], resume: bool, lr, started: float,
+                   workers: tuple[tf.distribute.Strategy, Cluster] | None = None
+                   ) -> FollowBudget:
+    """The callback that trains ``model`` to the run's time budget (:func:`plan_budget`); with
+    ``workers``, measured under the strategy (the all-reduce included) and following the
+    chief's plan (:class:`catsdogs.distributed.PlanAgreement`)."""
+    agree = PlanAgreement(*workers, cfg.train_sizes or [cfg.image_size]) if workers else None
+    # The evaluation after training runs the saved float32 model: with bfloat16 training its
+    # passes are priced at their own, float32, speed (priced at the bfloat16 validation speed,
+    # the reserve let a resnet50 run overrun its budget by 105 s).
+    eval_batch = (None if resume or resolve_precision(cfg.precision) == "float32"
+                  else float32_batch_seconds(cfg))
+    with workers[0].scope() if workers else contextlib.nullcontext():
+        plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started,
+                           agree, eval_batch)
     plan.save(cfg.out)
     spent_before = plan.spent_seconds if resume else 0.0
 
@@ -789,4 +823,4 @@ def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, step
 
     return FollowBudget(plan, lr if isinstance(lr, WarmupCosine) else None,
                         lambda total: warmup_steps(cfg, steps, total),
-                        lambda p: p.save(cfg.out), spent)
+                        lambda p: p.save(cfg.out), spent, agree)
