@@ -110,6 +110,7 @@ def test_train_needs_data_unless_resuming(train_calls, capsys):
     ("--limit", "50", {"limit": 50}, "x", "expected a whole number"),
     ("--time-budget", "7.5", {"time_budget": 7.5}, "-3", "must be positive minutes"),
     ("--time-budget", "none", {"time_budget": 0.0}, "soon", "expected minutes"),
+    ("--cache-memory-gb", "1.5", {"cache_memory_gb": 1.5}, "lots", "invalid float value"),
 ])
 def test_per_setting_train_flags(train_calls, capsys, flag, good, settings, bad, message):
     """One test for every flag derived from a TrainConfig field (this replaces two copies of
