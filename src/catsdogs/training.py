@@ -9,6 +9,7 @@ https://keras.io/api/callbacks/). This module trains only: :func:`catsdogs.api.t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -21,6 +22,15 @@ import tensorflow as tf
 from catsdogs.augment import AUGMENTATIONS
 from catsdogs.backbones import BACKBONES, resolve_weights
 from catsdogs.budget import BudgetPlan, reserve_seconds
+from catsdogs.cache import (
+    choose_cache,
+    disk_photos,
+    record,
+    remove_cache,
+    saved_choice,
+    scanning_to_disk,
+    uses_disk,
+)
 from catsdogs.callbacks import (
     AtomicModelCheckpoint,
     FollowBudget,
@@ -146,18 +156,24 @@ def _limit(photos: list[Photo], limit: int | None, seed: int) -> list[Photo]:
     return sorted(out, key=lambda p: p.path)
 
 
-def prepare_data(cfg: TrainConfig, run: str, progress: bool
-                 ) -> tuple[ScanResult, dict[str, np.ndarray]]:
+def prepare_data(cfg: TrainConfig, run: str, progress: bool,
+                 keep: ResizedPhotos | None = None) -> tuple[ScanResult, dict[str, np.ndarray]]:
     """Scan, deduplicate, limit and split the photos; write ``scan.json`` and ``splits.csv``.
 
+    Args:
+        keep: where the scan puts each photo resized (default: a new :class:`ResizedPhotos`
+            at :meth:`TrainConfig.cache_size`, in memory; ``--cache disk`` passes a
+            :class:`catsdogs.data.pipeline.StoredPhotos`).
+
     Returns:
-        The scan, and every readable photo resized to :meth:`TrainConfig.cache_size`, by path
-        (``(size, size, 3) uint8``), so training need not decode the files again.
+        The scan, and the photos ``keep`` holds in memory: every readable photo resized to
+        :meth:`TrainConfig.cache_size`, by path (``(size, size, 3) uint8``), so training need
+        not decode the files again (``{}`` when ``keep`` wrote them to disk).
 
     Raises:
         DataError: the folder is unusable (missing, empty, one class only, …).
     """
-    resized = ResizedPhotos(cfg.cache_size())
+    resized = keep if keep is not None else ResizedPhotos(cfg.cache_size())
     result = scan_folder(cfg.data, progress=progress, keep=resized)
     result.write_json(run_file(run, SCAN_FILE))
     for line in summary_lines(result):
@@ -198,8 +214,9 @@ def _prepare_other(cfg: TrainConfig, run: str, keep: ResizedPhotos, progress: bo
 
 def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool
                      ) -> tuple[TrainConfig, list[Example], dict[str, np.ndarray]]:
-    """The run's config, split and decoded photos: new (scan, split, save ``config.json``) or,
-    on resume, read back from the run folder (photos are then decoded in the first epoch)."""
+    """The run's config, split and decoded photos: new (choose the cache, scan, split, save
+    ``config.json``) or, on resume, read back from the run folder (photos in memory are then
+    decoded in the first epoch; a disk cache is reused, :mod:`catsdogs.cache`)."""
     run = cfg.out
     if resume:
         cfg = TrainConfig.load(run)
@@ -207,8 +224,13 @@ def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool
         length = (f"a {cfg.time_budget:g}-minute budget" if cfg.time_budget
                   else f"{cfg.epochs} epochs")
         print(f"Resuming {run} (preset {cfg.preset}, {length})")
+        print(saved_choice(cfg).line())
         return cfg, load_split(run_file(run, SPLITS_FILE)), {}
-    kept = prepare_data(cfg, run, progress)[1]
+    choice = choose_cache(cfg)
+    print(choice.line())
+    record(cfg, choice)
+    with (scanning_to_disk(cfg) if choice.mode == "disk" else contextlib.nullcontext()) as keep:
+        kept = prepare_data(cfg, run, progress, keep)[1]
     cfg.save(run, versions=software_versions())
     return cfg, load_split(run_file(run, SPLITS_FILE)), kept
 
@@ -226,7 +248,8 @@ def make_datasets(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.
 
     Training photos are held at :meth:`TrainConfig.cache_size`; the augmentation crops and
     resizes them to each epoch's size. Photos in ``kept`` (decoded by the scan) are not decoded
-    again.
+    again. With a disk cache (``cfg.cache_choice``), the photos are read from the run's store
+    (:func:`catsdogs.cache.disk_photos`): the same batches in the same order.
 
     Returns:
         ``(train_ds, val_ds, augment, steps_per_epoch)``.
@@ -237,13 +260,20 @@ def make_datasets(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.
           f"{len(select(examples, 'test')[0])} test photos → {run_file(cfg.out, SPLITS_FILE)}")
     augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
     size = cfg.cache_size()
-    outliers = training_outliers(cfg, kept) if cfg.other else None
+    if uses_disk(cfg):
+        train_images, val_images, outliers, synthetic = disk_photos(cfg, examples)
+        if outliers is not None:
+            _print_outliers(cfg, len(outliers) - synthetic, synthetic)
+    else:
+        outliers = training_outliers(cfg, kept) if cfg.other else None
+        train_images = _stack(kept, train_paths)
+        val_images = _stack(kept, val_paths) if cfg.image_size == size else None
     train_ds = make_dataset(train_paths, _targets(cfg, train_labels), size, cfg.batch_size,
                             shuffle=True, augment=augment, seed=cfg.seed,
-                            images=_stack(kept, train_paths), outliers=outliers,
+                            images=train_images, outliers=outliers,
                             outlier_target=[OUTLIER_TARGET, 0.0])
     val_ds = make_dataset(val_paths, _targets(cfg, val_labels), cfg.image_size, cfg.batch_size,
-                          images=_stack(kept, val_paths) if cfg.image_size == size else None)
+                          images=val_images)
     n_train = len(train_paths) + (0 if outliers is None else len(outliers))
     return train_ds, val_ds, augment, int(np.ceil(n_train / cfg.batch_size))
 
@@ -281,9 +311,13 @@ def training_outliers(cfg: TrainConfig, kept: dict[str, np.ndarray]) -> np.ndarr
     decoded = {**kept, **missing.finish()}
     photos = [decoded[p] for p in paths]
     synthetic = synthetic_outliers(cfg.other_synthetic, size, seed=cfg.seed)
-    print(f"Outliers: {len(photos)} other photos + {len(synthetic)} synthetic, target "
-          f"P(pet) = 0 and P(dog) = {OUTLIER_TARGET} (weight {cfg.other_weight})")
+    _print_outliers(cfg, len(photos), len(synthetic))
     return np.concatenate([np.stack(photos), synthetic]) if photos else synthetic
+
+
+def _print_outliers(cfg: TrainConfig, photos: int, synthetic: int) -> None:
+    print(f"Outliers: {photos} other photos + {synthetic} synthetic, target "
+          f"P(pet) = 0 and P(dog) = {OUTLIER_TARGET} (weight {cfg.other_weight})")
 
 
 @keras.saving.register_keras_serializable(package="catsdogs")
@@ -560,7 +594,7 @@ def _photos_after_training(cfg: TrainConfig, examples: list[Example]) -> int:
 
 def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> keras.Model:
     """Load the best validated weights, write ``model.keras`` atomically (float32 compute: exact
-    and portable) and remove the training backup.
+    and portable) and remove the training backup and the disk cache.
 
     Returns:
         The saved (float32) model.
@@ -576,6 +610,7 @@ def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str) -> 
     with atomic_path(run_file(run, MODEL_FILE), suffix=".keras") as tmp:
         model.save(tmp)
     shutil.rmtree(run_file(run, BACKUP_DIR), ignore_errors=True)
+    remove_cache(run)
     print(f"Saved {run_file(run, MODEL_FILE)} (best epoch by validation loss)")
     return model
 
