@@ -202,10 +202,12 @@ def test_auto_chooses_disk_when_the_photos_do_not_fit(make_folder, tmp_path, mon
     assert tight.mode == "disk" and tight.estimated_bytes == 45 * one
     assert "45 photos at 32 px" in tight.line() and "more than the" in tight.line() \
         and "--cache-memory-gb" in tight.line()
-    cfg.cache_memory_gb = None  # default: a third of the memory available
-    assert cache.choose_cache(cfg, available=3 * 45 * one).mode == "memory"
-    roomy = cache.choose_cache(cfg, available=3 * 45 * one - 3)
+    cfg.cache_memory_gb = None  # default: a fifth of the memory available
+    assert cache.MEMORY_FRACTION == 1 / 5
+    assert cache.choose_cache(cfg, available=5 * 45 * one).mode == "memory"
+    roomy = cache.choose_cache(cfg, available=5 * 45 * one - 5)
     assert roomy.mode == "disk" and roomy.limit_bytes == 45 * one - 1
+    assert "a fifth of the" in roomy.reason
     monkeypatch.setattr(cache, "available_memory_bytes", lambda: None)
     assert cache.choose_cache(cfg).mode == "memory"  # unknown: as before disk caches
     monkeypatch.setattr(cache, "estimate_memory", lambda cfg: pytest.fail("listed files"))

@@ -21,7 +21,7 @@ splits as ``uint8`` arrays: about 1.2 GB at 128 px, but 49 GB for a million phot
 * Removed once ``model.keras`` is saved (:func:`remove_cache`).
 
 **Auto** (:func:`choose_cache`) estimates before the scan the bytes the in-memory path would
-hold and compares them with :attr:`TrainConfig.cache_memory_gb` (default: a third of the memory
+hold and compares them with :attr:`TrainConfig.cache_memory_gb` (default: a fifth of the memory
 available). One line says which it chose and why; the choice is recorded as
 ``config.json``'s ``cache_choice`` and kept by ``--resume``.
 """
@@ -52,10 +52,12 @@ from catsdogs.data.split import Example, select
 from catsdogs.runfolder import CACHE_DIR, OTHER_SPLITS_FILE, cache_files, run_file
 from catsdogs.system import available_memory_bytes
 
-MEMORY_FRACTION = 1 / 3
+MEMORY_FRACTION = 1 / 5
 """Default :attr:`TrainConfig.cache_memory_gb`: this share of the memory available. The
-in-memory path holds its photos about twice at its peak (the scan's arrays, then the stacked
-split that TensorFlow copies), and the model and TensorFlow need the rest."""
+in-memory path's peak holds its decoded photos about four times over (the scan's arrays, the
+stacked splits, TensorFlow's copy of them and the shuffle buffer's): PetImages at 128 px,
+1.14 GiB decoded, peaked at 4.94 GiB of RSS in the data path alone, 0.61 GiB of it
+TensorFlow's own (docs/recipes.md); the model and other processes need the rest."""
 
 GIB = 2**30
 
@@ -131,7 +133,7 @@ def choose_cache(cfg: TrainConfig, available: int | None = None) -> CacheChoice:
             return CacheChoice("memory", f"--cache auto: {what}; memory available unknown",
                                photos, need)
         limit = int(available * MEMORY_FRACTION)
-        source = f"a third of the {available / GIB:.1f} GiB available"
+        source = f"a fifth of the {available / GIB:.1f} GiB available"
     fits = need <= limit
     reason = (f"--cache auto: {what}, {'within' if fits else 'more than'} the "
               f"{limit / GIB:.2f} GiB limit ({source})")

@@ -153,9 +153,9 @@ class TrainConfig:
             and the figures go into ``config.json`` as ``cache_choice``). Either way training
             sees the same photos in the same order (docs/recipes.md).
         cache_memory_gb: the most decoded photos, in GiB (2³⁰ bytes), that ``cache="auto"``
-            keeps in memory. None: a third of the memory this process may still use
-            (:func:`catsdogs.system.available_memory_bytes`), because the in-memory path holds
-            its photos about twice at its peak (the scan's copy and TensorFlow's).
+            keeps in memory. None: a fifth of the memory this process may still use
+            (:func:`catsdogs.system.available_memory_bytes`), because the in-memory path's
+            peak holds them about four times over (:data:`catsdogs.cache.MEMORY_FRACTION`).
         cache_choice: not a setting: what training chose for :attr:`cache`, recorded when a
             run starts (``mode``: ``"memory"`` or ``"disk"``, ``reason``, ``photos``,
             ``estimated_bytes``, ``limit_bytes``; :class:`catsdogs.cache.CacheChoice`); a
@@ -218,7 +218,7 @@ class TrainConfig:
                                "(RUN/cache, for photo folders larger than memory) or auto "
                                "(memory when they fit in --cache-memory-gb)")
     cache_memory_gb: float | None = _flag(None, "--cache auto keeps at most this many GiB of "
-                                                "decoded photos in memory; unset, a third of "
+                                                "decoded photos in memory; unset, a fifth of "
                                                 "the memory available")
     cache_choice: dict = field(default_factory=dict)
     limit: int | None = _flag(None, "use at most N photos per class (demos, tests)")
