@@ -4,6 +4,7 @@
 #   make test                           lint + the whole test suite (what CI runs)
 #   make bench / make bench-quick       benchmarks → benchmarks/results/
 #   make bench-backbones                Keras Applications backbones and transfer learning
+#   make bench-streaming                peak memory against photos with --cache disk
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,7 @@ BUDGET ?=
 RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
 ARGS ?=
 
-.PHONY: install train test lint bench bench-quick bench-backbones clean
+.PHONY: install train test lint bench bench-quick bench-backbones bench-streaming clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +49,11 @@ bench-quick: install
 # flower photos (benchmarks/backbones.py).
 bench-backbones: install
 	$(BIN)/python benchmarks/backbones.py --data "$(DATA)" $(if $(OTHER),--flowers "$(OTHER)/flowers")
+
+# Peak RSS of `train --cache disk` on 25k, 50k and 100k photos (PetImages plus variants), and
+# PetImages with --cache memory against --cache disk (benchmarks/streaming.py).
+bench-streaming: install
+	$(BIN)/python benchmarks/streaming.py --data "$(DATA)"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
