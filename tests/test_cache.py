@@ -210,6 +210,9 @@ def test_auto_chooses_disk_when_the_photos_do_not_fit(make_folder, tmp_path, mon
     assert "a fifth of the" in roomy.reason
     monkeypatch.setattr(cache, "available_memory_bytes", lambda: None)
     assert cache.choose_cache(cfg).mode == "memory"  # unknown: as before disk caches
+    old_run = make_config("quick")  # a run folder from before --cache: no choice recorded
+    assert cache.saved_choice(old_run).line() == \
+        "Cache: memory (as when the run started: a run from before --cache)"
     monkeypatch.setattr(cache, "estimate_memory", lambda cfg: pytest.fail("listed files"))
     for mode in ("memory", "disk"):  # a forced mode lists nothing
         cfg.cache = mode

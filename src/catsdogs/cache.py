@@ -143,7 +143,7 @@ def choose_cache(cfg: TrainConfig, available: int | None = None) -> CacheChoice:
 def saved_choice(cfg: TrainConfig) -> CacheChoice:
     """The choice a resumed run made when it started (``memory`` for runs from before disk
     caches existed)."""
-    saved = cfg.cache_choice or {"mode": "memory", "reason": "run started without a choice"}
+    saved = cfg.cache_choice or {"mode": "memory", "reason": "a run from before --cache"}
     return CacheChoice(**{**saved, "reason": f"as when the run started: {saved['reason']}"})
 
 
