@@ -77,10 +77,12 @@ def train_calls(monkeypatch, tmp_path):
     call ``(data, out, preset, options, settings)``."""
     calls = []
 
-    def fake_train(data, out, preset, *, resume, overwrite, progress, started, **settings):
+    def fake_train(data, out, preset, *, resume, overwrite, progress, started, workers,
+                   worker_index, **settings):
         assert started <= time.perf_counter()  # the time budget counts from the command's start
+        cluster = dict(workers=workers, worker_index=worker_index) if workers else {}
         calls.append((data, out, preset, dict(resume=resume, overwrite=overwrite,
-                                              progress=progress), settings))
+                                              progress=progress, **cluster), settings))
 
     monkeypatch.setattr(catsdogs.api, "train", fake_train)
     return ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")], calls
@@ -94,6 +96,9 @@ def test_train_passes_its_arguments_to_the_api(train_calls, tmp_path):
     assert main(["train", "--out", "r", "--resume", "--no-progress", "--preset", "fast"]) == 0
     assert calls[-1] == (None, "r", "fast", dict(resume=True, overwrite=False, progress=False),
                          {})
+    assert main([*base, "--workers", "a:1,b:2", "--worker-index", "1"]) == 0
+    assert calls[-1][3] == dict(resume=False, overwrite=False, progress=True, workers="a:1,b:2",
+                                worker_index=1)
 
 
 def test_train_needs_data_unless_resuming(train_calls, capsys):
@@ -110,6 +115,7 @@ def test_train_needs_data_unless_resuming(train_calls, capsys):
     ("--limit", "50", {"limit": 50}, "x", "expected a whole number"),
     ("--time-budget", "7.5", {"time_budget": 7.5}, "-3", "must be positive minutes"),
     ("--time-budget", "none", {"time_budget": 0.0}, "soon", "expected minutes"),
+    ("--cache-memory-gb", "1.5", {"cache_memory_gb": 1.5}, "lots", "invalid float value"),
 ])
 def test_per_setting_train_flags(train_calls, capsys, flag, good, settings, bad, message):
     """One test for every flag derived from a TrainConfig field (this replaces two copies of

@@ -76,6 +76,15 @@ def test_inference_settings_reject_bad_values():
         settings.with_overrides(colour="red")
 
 
+def test_cache_settings_are_checked():
+    assert make_config("default").cache == "auto" and make_config("default").cache_memory_gb is None
+    assert make_config("quick", cache="disk", cache_memory_gb=0.5).cache_memory_gb == 0.5
+    with pytest.raises(ConfigError, match="unknown cache 'ram'; choose one of"):
+        make_config("quick", cache="ram")
+    with pytest.raises(ConfigError, match="cache_memory_gb must be positive"):
+        make_config("quick", cache_memory_gb=0)
+
+
 def test_config_json_round_trip(tmp_path):
     cfg = make_config("fast", data="photos", out=str(tmp_path), threshold=0.3, limit=10,
                       model_kwargs={"widths": [16, 32]})
@@ -126,6 +135,9 @@ def test_a_bad_config_json_is_a_run_error(tmp_path):
     ("model_kwargs", '{"widths": [32, 64]}', {"widths": [32, 64]}),
     ("augmentation", "crop_flip", "crop_flip"),
     ("engine", "onnx", "onnx"),
+    ("cache", "disk", "disk"),
+    ("cache_memory_gb", "2.5", 2.5),
+    ("cache_memory_gb", "none", None),
 ])
 def test_parse_setting_by_the_type_of_its_field(name, text, value):
     parsed = parse_setting(name, text)
@@ -151,7 +163,8 @@ def test_parse_setting_rejects_unknown_keys_and_bad_values(name, text, match):
 def test_cli_fields_are_the_settings_with_their_own_flag():
     names = [f.name for f in cli_fields()]
     assert names == ["model", "weights", "head_epochs", "image_size", "train_sizes",
-                     "batch_size", "epochs", "time_budget", "limit", "seed", "val_every", "other"]
+                     "batch_size", "epochs", "time_budget", "cache", "cache_memory_gb", "limit",
+                     "seed", "val_every", "other"]
     assert all(f.metadata["help"] for f in cli_fields())
 
 

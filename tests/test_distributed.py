@@ -207,11 +207,13 @@ def photos(make_folder):
     return make_folder(cats=60, dogs=60)
 
 
-def test_two_workers_train_one_model_and_only_the_chief_writes(photos, tmp_path):
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_two_workers_train_one_model_and_only_the_chief_writes(photos, tmp_path, cache):
     run = tmp_path / "runs" / "two"
     ports = free_ports(2)
     logs = [tmp_path / f"w{i}.log" for i in range(2)]
-    procs = [start(train_args(photos, run, ports, i), logs[i]) for i in range(2)]
+    procs = [start(train_args(photos, run, ports, i, "--cache", cache), logs[i])
+             for i in range(2)]
     out = finish(procs, logs)
     assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in out]
     assert weights_line(out[0]) == weights_line(out[1])
@@ -221,6 +223,7 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(photos, tmp_path)
     history = list(csv.DictReader(open(run / "history.csv")))
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
     assert "report" not in out[1].lower() and "Saved" not in out[1]
+    assert not (run / "cache").exists()
 
 
 def test_two_workers_follow_the_chiefs_time_budget(photos, tmp_path):

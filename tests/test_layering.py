@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "catsdogs"
 LIGHT_MODULES = ("catsdogs", "catsdogs.constants", "catsdogs.errors", "catsdogs.io",
                  "catsdogs.runfolder", "catsdogs.config", "catsdogs.budget", "catsdogs.data.images",
                  "catsdogs.data.scan", "catsdogs.data.split", "catsdogs.data.download",
-                 "catsdogs.cli")
+                 "catsdogs.data.records", "catsdogs.cli")
 """Modules that must import without TensorFlow or Keras (the CLI's --help, run-folder tools)."""
 
 OPTIONAL_IMPORTS = {"onnxruntime", "ai_edge_litert.interpreter", "pandas"}

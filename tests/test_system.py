@@ -44,3 +44,26 @@ def test_software_versions_name_the_package_and_libraries():
     assert versions["catsdogs"] == VERSION
     assert {"python", "tensorflow", "keras", "numpy", "scikit-learn", "pillow"} <= set(versions)
     assert all(isinstance(v, str) for v in versions.values())
+
+
+def test_available_memory_is_the_smaller_of_meminfo_and_the_cgroup_room(tmp_path):
+    """MemAvailable, unless the process's cgroup (v2, or v1's memory controller) leaves less
+    room under its limit; a cgroup without a limit ("max", or v1's ~2**63) does not count."""
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal:  8000000 kB\nMemAvailable:  4000000 kB\n")
+    assert system.available_memory_bytes(str(proc), str(cgroup)) == 4_096_000_000
+    (proc / "self" / "cgroup").write_text("0::/job\n")
+    (cgroup / "job").mkdir(parents=True)
+    (cgroup / "job" / "memory.max").write_text("max\n")
+    (cgroup / "job" / "memory.current").write_text("1000\n")
+    assert system.available_memory_bytes(str(proc), str(cgroup)) == 4_096_000_000
+    (cgroup / "job" / "memory.max").write_text("3000001000\n")
+    assert system.available_memory_bytes(str(proc), str(cgroup)) == 3_000_000_000
+    (proc / "self" / "cgroup").write_text("4:memory:/box\n0::/\n")  # cgroup v1
+    (cgroup / "memory" / "box").mkdir(parents=True)
+    (cgroup / "memory" / "box" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (cgroup / "memory" / "box" / "memory.usage_in_bytes").write_text("5\n")
+    assert system.available_memory_bytes(str(proc), str(cgroup)) == 4_096_000_000
+    (cgroup / "memory" / "box" / "memory.limit_in_bytes").write_text("2000000005\n")
+    assert system.available_memory_bytes(str(proc), str(cgroup)) == 2_000_000_000

@@ -238,7 +238,8 @@ _FLAG_TYPES = {"train_sizes": (_sizes, "PX[,PX…]"), "val_every": (_positive, "
                "image_size": (_positive, "PX"), "limit": (_positive, "N_PER_CLASS"),
                "seed": (int, "N"), "model": (str, "NAME"), "other": (str, "DIR"),
                "time_budget": (_minutes, "MINUTES"), "weights": (str, "none|imagenet|PATH"),
-               "head_epochs": (int, "N")}
+               "head_epochs": (int, "N"), "cache": (str, "auto|memory|disk"),
+               "cache_memory_gb": (float, "GIB")}
 """argparse type and metavar of each per-setting ``train`` flag (others: ``str``)."""
 
 

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from catsdogs.errors import ConfigError, RunError
 from catsdogs.runfolder import CONFIG_FILE, EXPORT_FILES, run_file, write_json
 
+CACHE_MODES = ("auto", "memory", "disk")
+"""Where training keeps its decoded photos (:attr:`TrainConfig.cache`)."""
+
 ENGINES = ("auto", "keras", *EXPORT_FILES)
 """Inference engines (``--engine``). ``auto`` takes an up-to-date float32 export of the run
 (LiteRT first, then ONNX) when there is one, else ``model.keras``; never a quantized one."""
@@ -141,6 +144,22 @@ class TrainConfig:
             float32 variables; Micikevicius et al. 2018, arXiv:1710.03740) or ``"auto"``
             (bfloat16 where the CPU has native bfloat16 instructions, AVX512_BF16 or AMX). The
             saved model always computes in float32.
+        cache: where training keeps its decoded, resized photos (:data:`CACHE_MODES`):
+            ``"memory"`` (uint8 arrays in RAM: fastest, but the photos must fit), ``"disk"``
+            (files of fixed-size uint8 records in ``RUN/cache/``, read at random with
+            ``os.pread`` in the same shuffled order as from memory; memory stays flat however
+            many photos there are, :mod:`catsdogs.data.records`) or ``"auto"`` (memory when
+            the estimated bytes fit :attr:`cache_memory_gb`, else disk; the choice, its reason
+            and the figures go into ``config.json`` as ``cache_choice``). Either way training
+            sees the same photos in the same order (docs/recipes.md).
+        cache_memory_gb: the most decoded photos, in GiB (2³⁰ bytes), that ``cache="auto"``
+            keeps in memory. None: a fifth of the memory this process may still use
+            (:func:`catsdogs.system.available_memory_bytes`), because the in-memory path's
+            peak holds them about four times over (:data:`catsdogs.cache.MEMORY_FRACTION`).
+        cache_choice: not a setting: what training chose for :attr:`cache`, recorded when a
+            run starts (``mode``: ``"memory"`` or ``"disk"``, ``reason``, ``photos``,
+            ``estimated_bytes``, ``limit_bytes``; :class:`catsdogs.cache.CacheChoice`); a
+            resumed run keeps its ``mode``.
         limit: at most this many photos per class (after duplicate removal), or None for all.
         seed: seed for the split, the shuffle and weight initialisation.
         val_fraction: fraction of photos in the validation split.
@@ -195,6 +214,13 @@ class TrainConfig:
     jit_compile: bool = False
     steps_per_execution: int = 16
     precision: str = "auto"
+    cache: str = _flag("auto", "where the decoded photos live while training: memory, disk "
+                               "(RUN/cache, for photo folders larger than memory) or auto "
+                               "(memory when they fit in --cache-memory-gb)")
+    cache_memory_gb: float | None = _flag(None, "--cache auto keeps at most this many GiB of "
+                                                "decoded photos in memory; unset, a fifth of "
+                                                "the memory available")
+    cache_choice: dict = field(default_factory=dict)
     limit: int | None = _flag(None, "use at most N photos per class (demos, tests)")
     seed: int = _flag(1337, "random seed for the split, shuffle and initialisation")
     val_fraction: float = 0.1
@@ -216,6 +242,10 @@ class TrainConfig:
         if not 0 <= self.head_epochs < max(1, self.epochs):
             raise ConfigError(f"head_epochs must be 0 or fewer than epochs ({self.epochs}), "
                               f"got {self.head_epochs}")
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"unknown cache {self.cache!r}; choose one of {list(CACHE_MODES)}")
+        if self.cache_memory_gb is not None and not self.cache_memory_gb > 0:
+            raise ConfigError(f"cache_memory_gb must be positive, got {self.cache_memory_gb}")
         if not 0.0 < self.fine_tune_fraction <= 1.0:
             raise ConfigError(f"fine_tune_fraction must be in (0, 1], got "
                               f"{self.fine_tune_fraction}")
@@ -243,8 +273,9 @@ class TrainConfig:
         return int(sizes[min(len(sizes) - 1, epoch * len(sizes) // max(1, self.epochs))])
 
     def cache_size(self) -> int:
-        """Side, pixels, at which training holds its photos in memory: the largest training
-        size (progressive resizing crops and resizes down from it)."""
+        """Side, pixels, at which training holds its photos (in memory or on disk,
+        :attr:`cache`): the largest training size (progressive resizing crops and resizes down
+        from it)."""
         return max(self.train_sizes or [self.image_size])
 
     def to_dict(self, versions: dict | None = None) -> dict:

@@ -12,6 +12,7 @@ Layout (``RUN/``)::
     eval-<name>/               evaluate RUN --data <name>: metrics, predictions, plots, report
     model.onnx  model.tflite  model.int8.tflite  export.json     after catsdogs export
     backup/  checkpoints/best.weights.h5                         while training
+    cache/photos-<px>px.u8  cache/photos-<px>px.csv              while training with --cache disk
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ HEAD_BACKUP_DIR = os.path.join(BACKUP_DIR, "head")
 HEAD_WEIGHTS = os.path.join(BACKUP_DIR, "head.weights.h5")
 """Transfer learning: the weights at the end of stage 1, kept until ``model.keras`` is saved so a
 resumed run goes straight to stage 2."""
+CACHE_DIR = "cache"
+"""``--cache disk``: the decoded, resized photos training reads (:mod:`catsdogs.data.records`);
+removed once ``model.keras`` is saved, like :data:`BACKUP_DIR`."""
+CACHE_RECORDS = os.path.join(CACHE_DIR, "photos-{size}px.u8")
+"""A records file of the disk cache (``{size}``: the photos' side in pixels): record ``i`` is
+photo ``i`` of :data:`CACHE_MANIFEST`, ``size × size × 3`` bytes (uint8 RGB, row-major)."""
+CACHE_MANIFEST = os.path.join(CACHE_DIR, "photos-{size}px.csv")
+"""The keys (photo paths, in record order) of the records file of the same ``{size}``."""
 BEST_WEIGHTS = os.path.join("checkpoints", "best.weights.h5")
 """The best validated epoch's weights while training."""
 EVAL_PREFIX = "eval-"
@@ -83,6 +92,13 @@ EXPORT_FILES: dict[str, str] = {**FORMATS, **QUANTIZED_FORMATS}
 def run_file(run: str | os.PathLike, name: str) -> str:
     """``RUN/name`` as a string (``name`` is one of this module's constants)."""
     return os.path.join(os.fspath(run), name)
+
+
+def cache_files(run: str | os.PathLike, size: int) -> tuple[str, str]:
+    """``(records, manifest)``: the paths of the disk cache's files for photos of side ``size``
+    pixels in run folder ``run`` (:data:`CACHE_RECORDS`, :data:`CACHE_MANIFEST`)."""
+    return (run_file(run, CACHE_RECORDS.format(size=size)),
+            run_file(run, CACHE_MANIFEST.format(size=size)))
 
 
 def is_run_folder(run: str | os.PathLike) -> bool:

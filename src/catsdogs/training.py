@@ -23,6 +23,15 @@ import tensorflow as tf
 from catsdogs.augment import AUGMENTATIONS
 from catsdogs.backbones import BACKBONES, resolve_weights
 from catsdogs.budget import BudgetPlan, reserve_seconds
+from catsdogs.cache import (
+    choose_cache,
+    disk_photos,
+    record,
+    remove_cache,
+    saved_choice,
+    scanning_to_disk,
+    uses_disk,
+)
 from catsdogs.callbacks import (
     AtomicModelCheckpoint,
     FollowBudget,
@@ -165,24 +174,29 @@ def _limit(photos: list[Photo], limit: int | None, seed: int) -> list[Photo]:
     return sorted(out, key=lambda p: p.path)
 
 
-def prepare_data(cfg: TrainConfig, run: str, progress: bool, shared: Shared | None = None
+def prepare_data(cfg: TrainConfig, run: str, progress: bool,
+                 keep: ResizedPhotos | None = None, shared: Shared | None = None
                  ) -> tuple[ScanResult, dict[str, np.ndarray]]:
     """Scan, deduplicate, limit and split the photos; write ``scan.json`` and ``splits.csv``.
 
     Args:
+        keep: where the scan puts each photo resized (default: a new :class:`ResizedPhotos`
+            at :meth:`TrainConfig.cache_size`, in memory; ``--cache disk`` passes a
+            :class:`catsdogs.data.pipeline.StoredPhotos`).
         shared: a multi-worker scan, ``(share, agree)`` (:func:`catsdogs.data.scan.inspect_all`):
             each worker decodes its share of the files, all agree on the unreadable ones, and
             all make the same split. No photo is kept then (each worker decodes its training
-            shard in the first epoch).
+            shard later, once).
 
     Returns:
-        The scan, and every readable photo resized to :meth:`TrainConfig.cache_size`, by path
-        (``(size, size, 3) uint8``), so training need not decode the files again.
+        The scan, and the photos ``keep`` holds in memory: every readable photo resized to
+        :meth:`TrainConfig.cache_size`, by path (``(size, size, 3) uint8``), so training need
+        not decode the files again (``{}`` when ``keep`` wrote them to disk).
 
     Raises:
         DataError: the folder is unusable (missing, empty, one class only, …).
     """
-    resized = ResizedPhotos(cfg.cache_size())
+    resized = keep if keep is not None else ResizedPhotos(cfg.cache_size())
     share, agree = shared or (None, None)
     result = scan_folder(cfg.data, progress=progress, keep=None if shared else resized,
                          share=share, agree=agree)
@@ -229,8 +243,9 @@ def _prepare_other(cfg: TrainConfig, run: str, keep: ResizedPhotos | None, progr
 def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool,
                      shared: Shared | None = None
                      ) -> tuple[TrainConfig, list[Example], dict[str, np.ndarray]]:
-    """The run's config, split and decoded photos: new (scan, split, save ``config.json``) or,
-    on resume, read back from the run folder (photos are then decoded in the first epoch)."""
+    """The run's config, split and decoded photos: new (choose the cache, scan, split, save
+    ``config.json``) or, on resume, read back from the run folder (photos in memory are then
+    decoded in the first epoch; a disk cache is reused, :mod:`catsdogs.cache`)."""
     run = cfg.out
     if resume:
         cfg = TrainConfig.load(run)
@@ -238,8 +253,15 @@ def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool,
         length = (f"a {cfg.time_budget:g}-minute budget" if cfg.time_budget
                   else f"{cfg.epochs} epochs")
         print(f"Resuming {run} (preset {cfg.preset}, {length})")
+        print(saved_choice(cfg).line())
         return cfg, load_split(run_file(run, SPLITS_FILE)), {}
-    kept = prepare_data(cfg, run, progress, shared)[1]
+    choice = choose_cache(cfg)
+    print(choice.line())
+    record(cfg, choice)
+    # A multi-worker scan decodes only its share: the disk store is filled later, per shard.
+    to_disk = choice.mode == "disk" and not shared
+    with (scanning_to_disk(cfg) if to_disk else contextlib.nullcontext()) as keep:
+        kept = prepare_data(cfg, run, progress, keep, shared)[1]
     cfg.save(run, versions=software_versions())
     return cfg, load_split(run_file(run, SPLITS_FILE)), kept
 
@@ -258,8 +280,10 @@ def make_datasets(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.
 
     Training photos are held at :meth:`TrainConfig.cache_size`; the augmentation crops and
     resizes them to each epoch's size. Photos in ``kept`` (decoded by the scan) are not decoded
-    again. With a ``cluster``, each dataset holds this worker's shard only
-    (:func:`catsdogs.distributed.shard`, taken from the paths, before decoding).
+    again. With a disk cache (``cfg.cache_choice``), the photos are read from the run's store
+    (:func:`catsdogs.cache.disk_photos`): the same batches in the same order. With a
+    ``cluster``, each dataset holds this worker's shard only (:func:`catsdogs.distributed.
+    shard`, taken from the paths, before decoding).
 
     Returns:
         ``(train_ds, val_ds, augment, steps_per_epoch)``; steps per epoch of this worker.
@@ -274,13 +298,20 @@ def make_datasets(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.
               f"{len(val_paths)} val photos (1 in {cluster.size})")
     augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
     size = cfg.cache_size()
-    outliers = shard(training_outliers(cfg, kept), cluster) if cfg.other else None
+    if uses_disk(cfg):
+        train_images, val_images, outliers, synthetic = disk_photos(cfg, examples, cluster)
+        if outliers is not None:
+            _print_outliers(cfg, len(outliers) - synthetic, synthetic)
+    else:
+        outliers = shard(training_outliers(cfg, kept), cluster) if cfg.other else None
+        train_images = _stack(kept, train_paths)
+        val_images = _stack(kept, val_paths) if cfg.image_size == size else None
     train_ds = make_dataset(train_paths, _targets(cfg, train_labels), size, cfg.batch_size,
                             shuffle=True, augment=augment, seed=cfg.seed,
-                            images=_stack(kept, train_paths), outliers=outliers,
+                            images=train_images, outliers=outliers,
                             outlier_target=[OUTLIER_TARGET, 0.0])
     val_ds = make_dataset(val_paths, _targets(cfg, val_labels), cfg.image_size, cfg.batch_size,
-                          images=_stack(kept, val_paths) if cfg.image_size == size else None)
+                          images=val_images)
     n_train = len(train_paths) + (0 if outliers is None else len(outliers))
     return train_ds, val_ds, augment, int(np.ceil(n_train / cfg.batch_size))
 
@@ -318,9 +349,13 @@ def training_outliers(cfg: TrainConfig, kept: dict[str, np.ndarray]) -> np.ndarr
     decoded = {**kept, **missing.finish()}
     photos = [decoded[p] for p in paths]
     synthetic = synthetic_outliers(cfg.other_synthetic, size, seed=cfg.seed)
-    print(f"Outliers: {len(photos)} other photos + {len(synthetic)} synthetic, target "
-          f"P(pet) = 0 and P(dog) = {OUTLIER_TARGET} (weight {cfg.other_weight})")
+    _print_outliers(cfg, len(photos), len(synthetic))
     return np.concatenate([np.stack(photos), synthetic]) if photos else synthetic
+
+
+def _print_outliers(cfg: TrainConfig, photos: int, synthetic: int) -> None:
+    print(f"Outliers: {photos} other photos + {synthetic} synthetic, target "
+          f"P(pet) = 0 and P(dog) = {OUTLIER_TARGET} (weight {cfg.other_weight})")
 
 
 @keras.saving.register_keras_serializable(package="catsdogs")
@@ -626,9 +661,9 @@ def _photos_after_training(cfg: TrainConfig, examples: list[Example]) -> int:
 def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str,
                        rebuild: bool = False) -> keras.Model:
     """Load the best validated weights, write ``model.keras`` atomically (float32 compute: exact
-    and portable) and remove the training backup. The saved model is a new one (the weights
-    copied) when ``precision`` is not float32 or with ``rebuild`` (a model built under a
-    multi-worker strategy).
+    and portable) and remove the training backup and the disk cache. The saved model is a new
+    one (the weights copied) when ``precision`` is not float32 or with ``rebuild`` (a model
+    built under a multi-worker strategy).
 
     Returns:
         The saved (float32) model.
@@ -644,6 +679,7 @@ def save_trained_model(model: keras.Model, cfg: TrainConfig, precision: str,
     with atomic_path(run_file(run, MODEL_FILE), suffix=".keras") as tmp:
         model.save(tmp)
     shutil.rmtree(run_file(run, BACKUP_DIR), ignore_errors=True)
+    remove_cache(run)
     print(f"Saved {run_file(run, MODEL_FILE)} (best epoch by validation loss)")
     return model
 
@@ -679,8 +715,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     clock.setdefault("start", time.perf_counter())
     strategy = make_strategy(cluster) if cluster else None  # before any other TensorFlow op
     check_config(cfg)
-    if cluster:
-        cfg = for_workers(cfg, cluster)
+    cfg = for_workers(cfg, cluster) if cluster else cfg
     prepare_run_folder(cfg.out, resume, overwrite)
     if resume and training_finished(cfg.out):
         print(f"Resuming {cfg.out}: training is complete; only the evaluation is left")
@@ -696,10 +731,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     workers = (strategy, cluster) if cluster else None
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
                             clock["start"], workers) if cfg.time_budget else None
-    epochs = follow.plan.max_steps // steps if follow else cfg.epochs
-    validation = PlannedValidation(follow.plan) if follow else cfg.validation_epochs()
-    if cfg.val_every > 1 and not follow:
-        print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
+    epochs, validation = _epochs(cfg, follow, steps)
     clock["setup"] = time.perf_counter()
     if cfg.head_epochs:  # the fit stage covers both stages of transfer learning
         _train_head(model, cfg, (train_ds, val_ds), augment, steps, progress, workers)
@@ -708,14 +740,32 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
          make_callbacks(cfg, augment, follow), progress, initial_epoch=cfg.head_epochs,
          workers=workers)
     clock["fit"] = time.perf_counter()
-    if cluster:
-        print(f"Worker {cluster.rank}: training finished, weights {fingerprint(model)}")
-        if not cluster.is_chief:
-            remove_worker_folder(cfg.out, cluster)
-            return None
-    model = save_trained_model(model, cfg, precision, rebuild=cluster is not None)
+    model = _save_or_leave(model, cfg, precision, cluster)
     clock["save"] = time.perf_counter()
     return model
+
+
+def _save_or_leave(model: keras.Model, cfg: TrainConfig, precision: str,
+                   cluster: Cluster | None) -> keras.Model | None:
+    """After the last step: save ``model.keras`` (:func:`save_trained_model`) and return the
+    saved model; on several workers each first prints its weights' fingerprint, and a worker
+    other than the chief deletes its own folder instead and returns None."""
+    if cluster:
+        print(f"Worker {cluster.rank}: training finished, weights {fingerprint(model)}")
+        if not cluster.is_chief:  # the chief saves the model
+            remove_worker_folder(cfg.out, cluster)
+            return None
+    return save_trained_model(model, cfg, precision, rebuild=cluster is not None)
+
+
+def _epochs(cfg: TrainConfig, follow: FollowBudget | None, steps: int) -> tuple[int, list]:
+    """``fit``'s last epoch and validation epochs: the plan's with a time budget, else the
+    configured ones (printed when not every epoch is validated)."""
+    if follow:
+        return follow.plan.max_steps // steps, PlannedValidation(follow.plan)
+    if cfg.val_every > 1:
+        print(f"Validating after epochs {', '.join(map(str, cfg.validation_epochs()))}")
+    return cfg.epochs, cfg.validation_epochs()
 
 
 def for_workers(cfg: TrainConfig, cluster: Cluster) -> TrainConfig:
