@@ -21,7 +21,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,20 +29,10 @@ import time
 from run import _cpu_flags, _cpu_name
 
 from catsdogs.config import make_config
+from catsdogs.distributed import local_workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(HERE, "..", "..", "shared", "data")
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` TCP ports free on 127.0.0.1 right now."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def launch(cores: str, args: list[str], log: str) -> subprocess.Popen:
@@ -81,7 +70,7 @@ def run_one(data: str, work: str, preset: str, epochs: int, batch: int, extra: l
 def run_two(data: str, work: str, preset: str, epochs: int, batch: int, lr: float,
             extra: list[str]) -> dict:
     run = os.path.join(work, "two")
-    workers = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    workers = local_workers(2)
     t0 = time.perf_counter()
     procs = [launch(str(i), ["--data", data, "--out", run, "--preset", preset, "--epochs",
                              str(epochs), "--batch-size", str(batch // 2), "--set",

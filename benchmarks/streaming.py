@@ -48,6 +48,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
+from run import _cpu_name  # noqa: E402 (benchmarks/run.py, beside this script)
+
 from catsdogs.data.images import load_image  # noqa: E402 (after the path is set)
 from catsdogs.data.scan import find_labelled_files  # noqa: E402
 from catsdogs.errors import ImageError  # noqa: E402
@@ -305,17 +307,6 @@ def _memory() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
         return None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

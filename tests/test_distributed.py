@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import pytest
 
 import catsdogs.data.scan as scan_module
 from catsdogs.data.scan import scan_folder
-from catsdogs.distributed import Cluster, find_cluster, shard, worker_folder
+from catsdogs.distributed import Cluster, find_cluster, local_workers, shard, worker_folder
 from catsdogs.errors import ConfigError
 
 HERE = Path(__file__).parent
@@ -134,13 +133,7 @@ def test_a_shared_scan_decodes_each_photo_once_and_agrees_on_broken_files(make_f
 
 
 def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    return [int(a.rsplit(":", 1)[1]) for a in local_workers(n).split(",")]
 
 
 def start(args: list, log: Path, cwd: Path | None = None) -> subprocess.Popen:

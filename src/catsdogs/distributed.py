@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -122,6 +123,20 @@ class Cluster:
         if rank >= len(addresses):
             raise ConfigError(f"{TF_CONFIG}: task {kind} {index} is not in the cluster")
         return cls(addresses, rank, config)
+
+
+def local_workers(n: int) -> str:
+    """``--workers`` for ``n`` workers on this machine: ``127.0.0.1:PORT,…`` with ports that
+    are free now (tests and ``benchmarks/scaling.py``; another process may take one before the
+    workers start, which then fail to bind and exit)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in socks)
+    finally:
+        for s in socks:
+            s.close()
 
 
 def find_cluster(workers: str | None = None, index: int = 0) -> Cluster | None:

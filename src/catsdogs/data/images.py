@@ -117,6 +117,18 @@ def _to_rgb(img: Image.Image, label) -> np.ndarray:
         raise ImageError(label, f"unsupported image mode {mode!r} ({exc})") from None
 
 
+def _check_size(img: Image.Image, label) -> tuple[int, int]:
+    """``(width, height)`` from the header, or :class:`ImageError` for no pixels or more than
+    :data:`MAX_PIXELS`."""
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageError(label, f"image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageError(label, f"too many pixels ({width}x{height} = {width * height:,} "
+                                f"> {MAX_PIXELS:,}, the decompression-bomb limit); not decoded")
+    return width, height
+
+
 def load_image(source: Source, name: str | None = None) -> np.ndarray:
     """Decode one photo to RGB pixels.
 
@@ -139,13 +151,7 @@ def load_image(source: Source, name: str | None = None) -> np.ndarray:
     img, label = _open(source, name)
     try:
         with img:
-            width, height = img.size
-            if width < 1 or height < 1:
-                raise ImageError(label, f"image has no pixels ({width}x{height})")
-            if width * height > MAX_PIXELS:
-                raise ImageError(label, f"too many pixels ({width}x{height} = {width * height:,} "
-                                        f"> {MAX_PIXELS:,}, the decompression-bomb limit); "
-                                        "not decoded")
+            _check_size(img, label)
             if getattr(img, "is_animated", False):
                 img.seek(0)
             img.load()
@@ -176,13 +182,7 @@ def image_header(source: Source, name: str | None = None) -> tuple[int, int]:
     """
     img, label = _open(source, name)
     with img:
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise ImageError(label, f"image has no pixels ({width}x{height})")
-        if width * height > MAX_PIXELS:
-            raise ImageError(label, f"too many pixels ({width}x{height} = {width * height:,} "
-                                    f"> {MAX_PIXELS:,}, the decompression-bomb limit); "
-                                    "not decoded")
+        width, height = _check_size(img, label)
         try:
             orientation = img.getexif().get(0x0112, 1)
         except Exception:  # noqa: BLE001 - a broken EXIF block is found when decoding
