@@ -345,6 +345,12 @@ def scan_share(strategy: tf.distribute.Strategy, cluster: Cluster) -> Shared:
     return (cluster.rank, cluster.size), lambda flags: all_reduce(strategy, [flags], "SUM")[0]
 
 
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+               tf.errors.AbortedError, tf.errors.CancelledError, tf.errors.InternalError)
+"""What a collective raises when another worker died or cannot be reached (TensorFlow's health
+check aborts the collectives with one of these)."""
+
+
 def worker_lost(cluster: Cluster, error: Exception) -> RunError:
     """The error a worker raises when the cluster broke mid-run (another worker died or cannot
     be reached): what happened and how to resume."""

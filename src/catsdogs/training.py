@@ -55,6 +55,7 @@ from catsdogs.data.pipeline import ResizedPhotos, make_dataset
 from catsdogs.data.scan import Photo, ScanResult, scan_folder, summary_lines
 from catsdogs.data.split import Example, load_split, make_split, save_split, select
 from catsdogs.distributed import (
+    PEER_ERRORS,
     AverageStatistics,
     Cluster,
     FollowChief,
@@ -815,7 +816,7 @@ def _fit(model: keras.Model, cfg: TrainConfig, data: tuple, epochs: int, validat
                       validation_freq=validation, shuffle=False, verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.out, run_file(cfg.out, BACKUP_DIR)) from None
-    except tf.errors.OpError as exc:
+    except PEER_ERRORS as exc:
         if workers:
             raise worker_lost(workers[1], exc) from exc
         raise
