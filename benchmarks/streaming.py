@@ -232,6 +232,12 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+NO_LIMIT = 10**9
+"""``--limit`` (photos per class) above any folder here: every photo trains. (``--set
+limit=none`` cannot lift a preset's limit: ``make_config`` ignores ``None`` overrides, and
+``quick`` has ``limit=2500``.)"""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
@@ -265,13 +271,12 @@ def main() -> int:
     curve = []
     for size in sizes:
         curve.append(train(augmented["folders"][size], os.path.join(work, f"runs/disk-{size}"),
-                           ["--preset", "quick", "--set", "limit=none", "--image-size",
+                           ["--preset", "quick", "--limit", str(NO_LIMIT), "--image-size",
                             str(SIZE), "--epochs", str(args.epochs), "--cache", "disk",
                             "--cache-memory-gb", args.cache_memory_gb]))
     compare = []
     if not args.no_compare:
-        limit = ["--limit", str(args.compare_limit)] if args.compare_limit else \
-            ["--set", "limit=none"]
+        limit = ["--limit", str(args.compare_limit or NO_LIMIT)]
         for mode in ("memory", "disk"):
             compare.append(train(data, os.path.join(work, f"runs/compare-{mode}"),
                                  ["--preset", args.compare_preset, "--time-budget", "none",
