@@ -440,18 +440,23 @@ def main() -> int:
                                "run_preset": target["preset"]}
     for r in rows:
         r["run"] = r["run"].replace(workdir, "RUNS")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "latest.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
-    table = markdown(result)
-    with open(os.path.join(args.out, "latest.md"), "w") as fh:
-        fh.write(table)
-    print(table)
+    write_results(args.out, "latest", result, markdown(result))
     if args.keep_runs:
         print(f"Run folders kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def write_results(out: str, name: str, result: dict, table: str) -> None:
+    """Write ``out/NAME.json`` (``result``) and ``out/NAME.md`` (``table``), and print the
+    table: how every benchmark script reports."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as fh:
+        json.dump(result, fh, indent=2)
+    with open(os.path.join(out, f"{name}.md"), "w") as fh:
+        fh.write(table)
+    print(table)
 
 
 def _cpu_flags() -> list[str]:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from run import _cpu_flags, _cpu_name
+from run import _cpu_flags, _cpu_name, write_results
 
 from catsdogs.config import make_config
 from catsdogs.distributed import local_workers
@@ -109,7 +109,6 @@ def main() -> int:
     args = p.parse_args()
     data = os.path.abspath(args.data)
     lr = make_config(args.preset).learning_rate
-    os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="scaling-")  # kept when a run fails, for its logs
     extra = ["--limit", str(args.limit)] if args.limit else []
     one = run_one(data, work, args.preset, args.epochs, args.batch_size, extra)
@@ -121,11 +120,7 @@ def main() -> int:
               "one_worker": one, "two_workers": two,
               "efficiency": two["photos_per_second"] / one["photos_per_second"],
               "accuracy_difference": two["test_accuracy"] - one["test_accuracy"]}
-    with open(os.path.join(args.out, "scaling.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
-    with open(os.path.join(args.out, "scaling.md"), "w") as fh:
-        fh.write(markdown(result))
-    print(markdown(result))
+    write_results(args.out, "scaling", result, markdown(result))
     return 0
 
 

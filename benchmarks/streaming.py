@@ -48,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from run import _cpu_name  # noqa: E402 (benchmarks/run.py, beside this script)
+from run import _cpu_name, write_results  # noqa: E402 (benchmarks/run.py, beside this script)
 
 from catsdogs.data.images import load_image  # noqa: E402 (after the path is set)
 from catsdogs.data.scan import find_labelled_files  # noqa: E402
@@ -292,13 +292,7 @@ def main() -> int:
               "epochs": args.epochs, "augmented": augmented, "curve": curve,
               "rss_bytes_per_photo": slope(curve), "compare_preset": args.compare_preset,
               "compare": compare}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "streaming.json"), "w") as fh:
-        json.dump(result, fh, indent=2)
-    table = markdown(result)
-    with open(os.path.join(args.out, "streaming.md"), "w") as fh:
-        fh.write(table)
-    print(table)
+    write_results(args.out, "streaming", result, markdown(result))
     if args.work:
         print(f"Variants and run folders kept in {work}")
     else:
