@@ -232,10 +232,8 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-NO_LIMIT = 10**9
-"""``--limit`` (photos per class) above any folder here: every photo trains. (``--set
-limit=none`` cannot lift a preset's limit: ``make_config`` ignores ``None`` overrides, and
-``quick`` has ``limit=2500``.)"""
+NO_LIMIT = ["--set", "limit=none"]
+"""Train on every photo of the folder (``quick`` alone keeps 2,500 per class)."""
 
 
 def main() -> int:
@@ -271,12 +269,12 @@ def main() -> int:
     curve = []
     for size in sizes:
         curve.append(train(augmented["folders"][size], os.path.join(work, f"runs/disk-{size}"),
-                           ["--preset", "quick", "--limit", str(NO_LIMIT), "--image-size",
+                           ["--preset", "quick", *NO_LIMIT, "--image-size",
                             str(SIZE), "--epochs", str(args.epochs), "--cache", "disk",
                             "--cache-memory-gb", args.cache_memory_gb]))
     compare = []
     if not args.no_compare:
-        limit = ["--limit", str(args.compare_limit or NO_LIMIT)]
+        limit = ["--limit", str(args.compare_limit)] if args.compare_limit else NO_LIMIT
         for mode in ("memory", "disk"):
             compare.append(train(data, os.path.join(work, f"runs/compare-{mode}"),
                                  ["--preset", args.compare_preset, "--time-budget", "none",

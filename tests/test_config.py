@@ -11,6 +11,7 @@ import pytest
 
 from catsdogs.config import (
     ENGINES,
+    NONE,
     PRESETS,
     InferenceSettings,
     TrainConfig,
@@ -130,18 +131,28 @@ def test_a_bad_config_json_is_a_run_error(tmp_path):
     ("inference.threshold", " 0.25 ", 0.25),
     ("train_sizes", "96,112", [96, 112]),
     ("train_sizes", "none", []),
-    ("limit", "none", None),
+    ("limit", "none", NONE),
     ("limit", "300", 300),
     ("model_kwargs", '{"widths": [32, 64]}', {"widths": [32, 64]}),
     ("augmentation", "crop_flip", "crop_flip"),
     ("engine", "onnx", "onnx"),
     ("cache", "disk", "disk"),
     ("cache_memory_gb", "2.5", 2.5),
-    ("cache_memory_gb", "none", None),
+    ("cache_memory_gb", "none", NONE),
 ])
 def test_parse_setting_by_the_type_of_its_field(name, text, value):
     parsed = parse_setting(name, text)
     assert parsed == value and type(parsed) is type(value)
+
+
+def test_set_none_lifts_a_preset_value_that_a_none_override_keeps():
+    assert make_config("quick").limit == 2500
+    assert make_config("quick", limit=None).limit == 2500  # None: not given
+    assert make_config("quick", limit=parse_setting("limit", "none")).limit is None
+    cfg = make_config("fast", cache_memory_gb=NONE, ood_threshold=NONE, threshold=0.6)
+    assert cfg.cache_memory_gb is None and cfg.inference.ood_threshold is None
+    assert cfg.inference.threshold == 0.6
+    assert make_config("fast", ood_threshold=0.9).inference.ood_threshold == 0.9
 
 
 @pytest.mark.parametrize("name, text, match", [

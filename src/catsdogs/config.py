@@ -63,7 +63,8 @@ class InferenceSettings:
             raise ConfigError(f"unknown engine {self.engine!r}; choose one of {list(ENGINES)}")
 
     def with_overrides(self, **overrides) -> InferenceSettings:
-        """A copy with the given fields replaced (``None`` values are ignored).
+        """A copy with the given fields replaced (``None`` values are ignored; :data:`NONE`
+        sets a field to ``None``).
 
         Raises:
             ConfigError: an unknown field or a bad value.
@@ -72,8 +73,26 @@ class InferenceSettings:
         if unknown := sorted(set(overrides) - names):
             raise ConfigError(f"unknown inference setting(s) {unknown}; choose from "
                               f"{sorted(names)}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items()
-                                            if v is not None})
+        return dataclasses.replace(self, **_given(overrides))
+
+
+class Unset:
+    """The value of ``--set KEY=none`` for a setting that may be ``None``: unlike a ``None``
+    override, which means "not given" (the preset's value stays), it sets the field to
+    ``None`` (``--set limit=none`` trains on every photo even with ``quick``'s limit)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = Unset()
+"""The one :class:`Unset` value (:func:`parse_setting` returns it, :func:`make_config` and
+:meth:`InferenceSettings.with_overrides` turn it into ``None``)."""
+
+
+def _given(overrides: dict) -> dict:
+    """The overrides that were given: ``None`` left out, :data:`NONE` turned into ``None``."""
+    return {k: None if v is NONE else v for k, v in overrides.items() if v is not None}
 
 
 def _flag(default, help_text: str, **kwargs):
@@ -351,7 +370,8 @@ PRESETS: dict[str, dict] = {
 
 
 def make_config(preset: str = "default", **overrides) -> TrainConfig:
-    """A :class:`TrainConfig` from a preset plus overrides (``None`` overrides are ignored).
+    """A :class:`TrainConfig` from a preset plus overrides (``None`` overrides are ignored;
+    :data:`NONE`, from ``--set KEY=none``, sets a field to ``None``).
 
     ``threshold`` and ``tta`` may be given as overrides too: they go into :attr:`inference`.
     ``epochs`` without ``time_budget`` means a fixed number of epochs: the budget is off.
@@ -361,9 +381,9 @@ def make_config(preset: str = "default", **overrides) -> TrainConfig:
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    inference = {k: given.pop(k) for k in ("threshold", "tta", "engine", "ood_threshold")
-                 if k in given}
+    inference = {k: overrides.pop(k) for k in ("threshold", "tta", "engine", "ood_threshold")
+                 if overrides.get(k) is not None}
+    given = _given(overrides)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     if unknown := sorted(set(given) - names):
         raise ConfigError(f"unknown setting(s) {unknown}; see catsdogs train --help")
@@ -388,8 +408,9 @@ def parse_setting(name: str, text: str):
     """Parse the command-line text of setting ``name`` by the type of its field.
 
     ``int``, ``float`` and ``str`` as usual; ``bool`` from true/false/yes/no/1/0; ``list[int]``
-    from ``96,112`` (``none`` = empty); ``int | None`` from a number or ``none``; ``dict`` from
-    JSON; ``inference.threshold`` / ``threshold`` and ``tta`` reach :class:`InferenceSettings`.
+    from ``96,112`` (``none`` = empty); ``int | None`` from a number or ``none`` (:data:`NONE`);
+    ``dict`` from JSON; ``inference.threshold`` / ``threshold`` and ``tta`` reach
+    :class:`InferenceSettings`.
 
     Raises:
         ConfigError: unknown setting or a value that does not parse.
@@ -407,7 +428,7 @@ def parse_setting(name: str, text: str):
                 raise ValueError("expected true or false")
             return value.lower() in ("true", "yes", "1")
         if value.lower() == "none" and ("None" in kind or kind.startswith("list")):
-            return [] if kind.startswith("list") else None
+            return [] if kind.startswith("list") else NONE
         if kind.startswith("list[int]"):
             return [int(t) for t in value.split(",")]
         if kind == "dict":
