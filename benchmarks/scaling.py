@@ -1,7 +1,9 @@
 """Scaling benchmark: one worker on 2 cores against two workers on 1 core each.
 
 Both runs train the same recipe (``--preset``, ``--epochs`` fixed, no time budget) with the same
-global batch and the same learning rate per photo: the single worker with ``--batch-size B``,
+global batch B (default: twice the preset's batch, so each of the two workers trains the
+preset's own batch, as ``catsdogs train --workers`` does) and the same peak learning rate (the
+preset's): the single worker with ``--batch-size B``,
 each of the two workers (``catsdogs train --workers …``, pinned with ``taskset`` to one core,
 talking over 127.0.0.1) with ``B / 2`` and half the learning rate, which the linear scaling
 rule doubles again (docs/distributed.md). Measured: training photos/s (train-split photos ×
@@ -12,6 +14,7 @@ two-worker run has the same 2 cores in all), and each run's test accuracy.
 Writes ``--out``/scaling.json and scaling.md. Usage::
 
     python benchmarks/scaling.py [--data ../shared/data/PetImages] [--preset fast] [--epochs 9]
+        [--batch-size B]
 """
 
 from __future__ import annotations
@@ -103,20 +106,22 @@ def main() -> int:
     p.add_argument("--data", default=os.path.join(SHARED, "PetImages"))
     p.add_argument("--preset", default="fast")
     p.add_argument("--epochs", type=int, default=9)
-    p.add_argument("--batch-size", type=int, default=64, help="global batch (even)")
+    p.add_argument("--batch-size", type=int,
+                   help="global batch (even; default: 2 × the preset's batch)")
     p.add_argument("--limit", type=int, help="photos per class (smoke tests)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args()
     data = os.path.abspath(args.data)
-    lr = make_config(args.preset).learning_rate
+    preset = make_config(args.preset)
+    lr, batch = preset.learning_rate, args.batch_size or 2 * preset.batch_size
     work = tempfile.mkdtemp(prefix="scaling-")  # kept when a run fails, for its logs
     extra = ["--limit", str(args.limit)] if args.limit else []
-    one = run_one(data, work, args.preset, args.epochs, args.batch_size, extra)
-    two = run_two(data, work, args.preset, args.epochs, args.batch_size, lr, extra)
+    one = run_one(data, work, args.preset, args.epochs, batch, extra)
+    two = run_two(data, work, args.preset, args.epochs, batch, lr, extra)
     shutil.rmtree(work, ignore_errors=True)
     result = {"command": " ".join(["python", "benchmarks/scaling.py", *sys.argv[1:]]),
               "cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "preset": args.preset,
-              "epochs": args.epochs, "global_batch": args.batch_size, "learning_rate": lr,
+              "epochs": args.epochs, "global_batch": batch, "learning_rate": lr,
               "one_worker": one, "two_workers": two,
               "efficiency": two["photos_per_second"] / one["photos_per_second"],
               "accuracy_difference": two["test_accuracy"] - one["test_accuracy"]}
