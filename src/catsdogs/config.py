@@ -76,7 +76,7 @@ class InferenceSettings:
         return dataclasses.replace(self, **_given(overrides))
 
 
-class Unset:
+class NoneSetting:
     """The value of ``--set KEY=none`` for a setting that may be ``None``: unlike a ``None``
     override, which means "not given" (the preset's value stays), it sets the field to
     ``None`` (``--set limit=none`` trains on every photo even with ``quick``'s limit)."""
@@ -85,8 +85,8 @@ class Unset:
         return "none"
 
 
-NONE = Unset()
-"""The one :class:`Unset` value (:func:`parse_setting` returns it, :func:`make_config` and
+NONE = NoneSetting()
+"""The one :class:`NoneSetting` value (:func:`parse_setting` returns it, :func:`make_config` and
 :meth:`InferenceSettings.with_overrides` turn it into ``None``)."""
 
 

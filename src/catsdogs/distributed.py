@@ -32,9 +32,9 @@ dataset in per-device datasets of its own, with tf.data autotuning on. Destroyin
 with autotuning waits for its tuning thread's current sleep (which doubles up to a minute)
 instead of waking it, and Keras destroys the training iterator at the start of every epoch
 and the validation iterator after every validation: both workers sat idle for 2–23 s each
-time, half the wall time of a 9-epoch run. :func:`make_strategy` turns autotuning off in
+time, a third of the wall time of a 9-epoch run. :func:`make_strategy` turns autotuning off in
 those per-device datasets too (:func:`catsdogs.data.pipeline.pipeline_options` does it for
-ours); ``tests/multiworker_repro.py iterator`` times the wait with and without.
+ours); ``tests/iterator_repro.py plain|fixed`` times the wait without and with.
 """
 
 from __future__ import annotations
