@@ -181,19 +181,20 @@ def test_prepare_model_lets_fit_train_the_same_weights_on_both_workers(tmp_path)
     assert results[0].group(2) == results[1].group(2)  # same weights on both workers
 
 
-def test_strategy_input_iterators_do_not_autotune():
+def test_strategy_input_iterators_do_not_autotune(tmp_path):
     """TensorFlow bug 3 (catsdogs.distributed): the strategy's per-device input datasets get
     autotuning off from device_datasets_untuned, and on without it (TensorFlow's default; if
     that changes, re-check the bug with tests/iterator_repro.py). Seconds are printed, not
     asserted."""
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent / "src")}
-    found = {}
-    for mode in ("plain", "fixed"):
-        out = subprocess.run([sys.executable, HERE / "iterator_repro.py", mode, "0"], env=env,
-                             capture_output=True, text=True, timeout=TIMEOUT)
-        assert out.returncode == 0, out.stderr[-2000:]
-        print(mode, out.stdout)
-        found[mode] = re.search(r"^AUTOTUNE (.*)$", out.stdout, re.M).group(1)
+    modes = ("plain", "fixed")
+    logs = [tmp_path / f"{mode}.log" for mode in modes]
+    procs = [start([HERE / "iterator_repro.py", mode, 0], log)
+             for mode, log in zip(modes, logs, strict=True)]
+    out = finish(procs, logs)
+    assert [p.returncode for p in procs] == [0, 0], out
+    print(*out)
+    found = {mode: re.search(r"^AUTOTUNE (.*)$", o, re.M).group(1)
+             for mode, o in zip(modes, out, strict=True)}
     assert found == {"plain": "{None}", "fixed": "{False}"}
 
 
