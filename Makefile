@@ -6,6 +6,7 @@
 #   make bench-backbones                Keras Applications backbones and transfer learning
 #   make bench-scaling                  multi-worker training: 2 workers × 1 core vs 1 × 2 cores
 #   make bench-streaming                peak memory against photos with --cache disk
+#   make bench-profile                  where a training step's time goes (native, emulated AVX2)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -21,7 +22,7 @@ RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$
 ARGS ?=
 
 .PHONY: install train test lint bench bench-quick bench-backbones bench-scaling bench-streaming \
-	clean
+	bench-profile clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,11 @@ bench-scaling: install
 # PetImages with --cache memory against --cache disk (benchmarks/streaming.py).
 bench-streaming: install
 	$(BIN)/python benchmarks/streaming.py --data "$(DATA)"
+
+# Where a training step's time goes (TensorFlow ops, oneDNN kernels) on this CPU and with oneDNN
+# limited to AVX2 in float32, the emulated AVX2-only CPU (benchmarks/profile_step.py).
+bench-profile: install
+	$(BIN)/python benchmarks/profile_step.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
