@@ -29,6 +29,7 @@ import collections
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,7 @@ def _child(args: argparse.Namespace) -> None:
         model.fit(ds, steps_per_epoch=traced, epochs=1, verbose=0)
         tf.profiler.experimental.stop()
         result["tf_ops"] = _tf_op_times(logdir, traced)
+        shutil.rmtree(logdir, ignore_errors=True)
     print("PROFILE " + json.dumps(result), flush=True)
 
 
