@@ -48,6 +48,10 @@ CONFIGS = {
 documented ``ONEDNN_MAX_CPU_ISA``, https://oneapi-src.github.io/oneDNN/dev_guide_cpu_dispatcher_control.html)."""
 
 
+VERBOSE_CALLS = 2
+"""Timed compiled calls in the ``ONEDNN_VERBOSE`` child: every kernel call prints a line."""
+
+
 def _child(args: argparse.Namespace) -> None:
     """Build, time and (unless ``--no-trace``) profile one configuration; print one JSON line.
 
@@ -158,7 +162,8 @@ def _run_child(args: argparse.Namespace, config: str, verbose: bool) -> tuple[di
            "--size", str(args.size), "--calls", str(args.calls), "--precision", precision]
     if verbose:
         env["ONEDNN_VERBOSE"] = "1"
-        cmd += ["--no-trace", "--calls", "2"]
+        cmd[cmd.index("--calls") + 1] = str(VERBOSE_CALLS)
+        cmd.append("--no-trace")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = proc.stdout.splitlines()
     found = [json.loads(line[8:]) for line in lines if line.startswith("PROFILE ")]
@@ -172,8 +177,8 @@ def profile(args: argparse.Namespace, config: str) -> dict:
     """One configuration: timing and TensorFlow ops, then oneDNN primitives."""
     result, _ = _run_child(args, config, verbose=False)
     timed, lines = _run_child(args, config, verbose=True)
-    # The verbose child runs 2 tracing calls + 3 timed calls (1 untimed first + 2).
-    steps = 5 * timed["steps_per_execution"]
+    # Every compiled call the verbose child ran: 2 that trace, 1 untimed, VERBOSE_CALLS timed.
+    steps = (3 + VERBOSE_CALLS) * timed["steps_per_execution"]
     isa = next((line.split("isa:", 1)[1] for line in lines if ",info,cpu,isa:" in line), "")
     result["onednn_isa"] = isa.strip()
     result["onednn"], result["onednn_convolutions"] = _onednn_times(lines, steps)
