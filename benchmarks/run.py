@@ -140,7 +140,8 @@ def summarise_run(run: str, peak: float) -> dict:
             "best_val_accuracy": max(float(r["val_accuracy"]) for r in validated),
             "test_accuracy": metrics["accuracy"], "test_roc_auc": metrics["roc_auc"],
             "test_n": metrics["n"], "timings": timings,
-            "budget_minutes": cfg.get("time_budget"), "other": bool(cfg.get("other"))}
+            "budget_minutes": cfg.get("time_budget"), "other": bool(cfg.get("other")),
+            "recipe": cfg.get("budget_recipe") or cfg["preset"]}
 
 
 def budget_curve(rows: list[dict]) -> list[dict]:
@@ -157,7 +158,8 @@ def budget_curve(rows: list[dict]) -> list[dict]:
                        "overrun_fraction": (r["wall_seconds"] - budget_s) / budget_s,
                        "planned_steps": r["timings"]["budget"]["planned_steps"],
                        "steps": r["timings"]["budget"]["steps"],
-                       "epochs": r["timings"]["budget"]["epochs"], "other": r["other"]})
+                       "epochs": r["timings"]["budget"]["epochs"], "other": r["other"],
+                       "recipe": r["recipe"], "train_sizes": r["train_sizes"]})
     return sorted(points, key=lambda p: p["budget_minutes"])
 
 
@@ -341,12 +343,14 @@ def markdown(result: dict) -> str:
         lines += ["", "Accuracy per time budget (`default`, the whole `train` command; "
                       "overrun: wall time beyond the budget, negative = time left):", "",
                   "| budget min | test acc | wall min | overrun s (% of budget) | "
-                  "planned / trained steps | epochs |", "| --- | --- | --- | --- | --- | --- |"]
+                  "planned / trained steps | epochs | recipe, px |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for p in curve:
             lines.append(f"| {p['budget_minutes']:g} | {p['test_accuracy']:.4f} | "
                          f"{p['wall_seconds'] / 60:.1f} | {p['overrun_seconds']:+.0f} "
                          f"({100 * p['overrun_fraction']:+.1f} %) | {p['planned_steps']} / "
-                         f"{p['steps']} | {p['epochs']:.1f} |")
+                         f"{p['steps']} | {p['epochs']:.1f} | {p['recipe']}, "
+                         f"{'/'.join(map(str, p['train_sizes']))} |")
     inf = result.get("inference")
     if inf:
         lines += ["", f"Inference ({inf['run_preset']} model; one photo = JPEG bytes → decode + "

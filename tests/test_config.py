@@ -216,3 +216,30 @@ def test_validation_schedule():
     assert make_config("default", epochs=7).validation_epochs() == [2, 4, 6, 7]
     with pytest.raises(ConfigError, match="val_every"):
         make_config("quick", val_every=0).validation_epochs()
+
+
+def test_a_short_budget_switches_default_to_the_fast_recipe_only():
+    """Only ``default`` switches (to ``fast``); a recipe setting the user gives turns the
+    switch off unless the switch is given too; the switched config keeps everything but the
+    recipe, its photos at the size they were decoded at, and survives config.json."""
+    assert make_config("default").short_budget_preset == "fast"
+    assert {p for p in PRESETS if make_config(p).short_budget_preset} == {"default"}
+    assert make_config("default", image_size=128).short_budget_preset == ""
+    assert make_config("default", learning_rate=1e-3).short_budget_preset == ""
+    assert make_config("default", precision="float32").short_budget_preset == "fast"
+    assert make_config("quick", image_size=32, short_budget_preset="fast").short_budget_preset \
+        == "fast"
+    assert make_config("default", short_budget_preset="none").short_budget_preset == ""
+    with pytest.raises(ConfigError, match="unknown short_budget_preset"):
+        make_config("default", short_budget_preset="tiny")
+    cfg = make_config("default", time_budget=5, seed=7, other="/o")
+    short = cfg.short_budget_config()
+    fast = make_config("fast")
+    for name in ("image_size", "train_sizes", "learning_rate", "augmentation", "model"):
+        assert getattr(short, name) == getattr(fast, name), name
+    assert (short.time_budget, short.seed, short.other, short.preset) == (5, 7, "/o", "default")
+    assert short.budget_recipe == "fast" and short.short_budget_preset == ""
+    assert short.cache_size() == cfg.cache_size() == 128 > max(short.train_sizes)
+    assert TrainConfig.from_dict(json.loads(json.dumps(short.to_dict()))) == short
+    with pytest.raises(ConfigError, match="no short_budget_preset"):
+        short.short_budget_config()

@@ -99,6 +99,31 @@ def test_a_time_budget_run_follows_its_plan_to_the_end(make_folder, tmp_path):
     assert "Whole command:" in report
 
 
+def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
+        make_folder, tmp_path):
+    """When the plan at the run's own sizes affords fewer than ``short_budget_epochs`` epochs,
+    the run switches to ``short_budget_preset``'s recipe before its first step: config.json,
+    plan.json, the saved model and the report all follow that recipe, and the photos decoded
+    at the first recipe's size are kept."""
+    run = tmp_path / "run"
+    api.train(make_folder(cats=16, dogs=16), run, "quick", image_size=32, train_sizes=[24, 32],
+              batch_size=4, time_budget=0.75, short_budget_preset="fast",
+              short_budget_epochs=1e6, progress=False)
+    fast = make_config("fast")
+    config = json.loads((run / "config.json").read_text())
+    assert config["budget_recipe"] == "fast" and config["short_budget_preset"] == ""
+    assert (config["image_size"], config["train_sizes"], config["learning_rate"]) == \
+        (fast.image_size, fast.train_sizes, fast.learning_rate)
+    assert config["cache_pixels"] == 32  # the scan decoded at the first recipe's size
+    plan = BudgetPlan.load(str(run))
+    assert plan.sizes == fast.train_sizes and sorted(plan.step_seconds, key=int) == \
+        [str(s) for s in fast.train_sizes]
+    assert plan.steps_done == plan.total_steps > 0
+    resize = load_model(f"{run}/model.keras").get_layer("resize")
+    assert (resize.height, resize.width) == (fast.image_size, fast.image_size)
+    assert "with the `fast` recipe" in (run / "report.md").read_text()
+
+
 def test_bfloat16_training_keeps_time_for_a_float32_evaluation(make_folder, tmp_path,
                                                                 monkeypatch):
     """The evaluation after training runs the saved float32 model, so a bfloat16 run prices

@@ -54,8 +54,11 @@ def _settings_lines(cfg: TrainConfig, m: dict) -> list[str]:
                   f"{cfg.fine_tune_fraction:.0%} of the backbone at ×{cfg.fine_tune_lr_factor:g}"
                   f" the learning rate)" if cfg.head_epochs else "")
         length += f"{stages}, starting from weights `{os.path.basename(cfg.weights)}`"
-    return [f"Preset `{cfg.preset}`: model `{cfg.model}` at {cfg.image_size}×{cfg.image_size} px"
-            f"{trained_at}, {length}, batch {cfg.batch_size}, {cfg.optimizer} "
+    recipe = (f" with the `{cfg.budget_recipe}` recipe (too few epochs fitted the budget at "
+              f"the preset's own sizes)" if cfg.budget_recipe else "")
+    return [f"Preset `{cfg.preset}`{recipe}: model `{cfg.model}` at "
+            f"{cfg.image_size}×{cfg.image_size} px{trained_at}, {length}, batch "
+            f"{cfg.batch_size}, {cfg.optimizer} "
             f"lr {cfg.learning_rate} ({cfg.schedule}), augmentation `{cfg.augmentation}`, "
             f"seed {cfg.seed}.", "",
             f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}{flips}."]

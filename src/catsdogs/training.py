@@ -726,12 +726,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     clock["data"] = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
-    kept.clear()
     lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
     model, precision = build_for_training(cfg, steps, lr, strategy)
     workers = (strategy, cluster) if cluster else None
+    plan = None
+    if cfg.time_budget and cfg.short_budget_preset and not (resume or cluster):
+        cfg, plan = _short_budget_switch(cfg, model, train_ds, augment, steps, examples,
+                                         clock["start"])
+        if plan is None:  # switched recipe: its own datasets, model and plan
+            keras.utils.set_random_seed(cfg.seed)
+            train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept)
+            lr = learning_rate(cfg, steps)
+            model, precision = build_for_training(cfg, steps, lr)
+    kept.clear()
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
-                            clock["start"], workers) if cfg.time_budget else None
+                            clock["start"], workers, plan) if cfg.time_budget else None
     epochs, validation = _epochs(cfg, follow, steps)
     clock["setup"] = time.perf_counter()
     if cfg.head_epochs:  # the fit stage covers both stages of transfer learning
@@ -850,22 +859,52 @@ def _train_head(model: keras.Model, cfg: TrainConfig, data: tuple, augment, step
           f"{fine.learning_rate:g}")
 
 
+def _eval_batch_seconds(cfg: TrainConfig) -> float | None:
+    """Seconds of one evaluation batch after training, for the plan's reserve: None (the
+    measured validation batch) when training in float32. The evaluation runs the saved float32
+    model: with bfloat16 training its passes are priced at their own, float32, speed (priced at
+    the bfloat16 validation speed, the reserve let a resnet50 run overrun its budget by
+    105 s)."""
+    return None if resolve_precision(cfg.precision) == "float32" else float32_batch_seconds(cfg)
+
+
+def _short_budget_switch(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
+                         examples: list[Example], started: float
+                         ) -> tuple[TrainConfig, BudgetPlan | None]:
+    """Plan the time budget with the run's own recipe (:func:`plan_budget`). When the plan
+    affords fewer than :attr:`TrainConfig.short_budget_epochs` epochs, switch to
+    :attr:`TrainConfig.short_budget_preset`'s recipe (:meth:`TrainConfig.short_budget_config`,
+    saved to ``config.json`` so a resumed run keeps it).
+
+    Returns:
+        ``(cfg, plan)`` to train as planned, or ``(switched config, None)``: its datasets,
+        model and plan are still to be made.
+    """
+    plan = plan_budget(cfg, model, train_ds, augment, steps, examples, False, started,
+                       eval_batch=_eval_batch_seconds(cfg))
+    epochs = plan.planned_steps / steps
+    if epochs >= cfg.short_budget_epochs:
+        return cfg, plan
+    short = cfg.short_budget_config()
+    print(f"Only {epochs:.1f} epochs fit at {' → '.join(map(str, plan.sizes))} px (fewer than "
+          f"{cfg.short_budget_epochs:g}): training with the {short.budget_recipe} recipe instead")
+    short.save(cfg.out, versions=software_versions())
+    return short, None
+
+
 def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
                    examples: list[Example], resume: bool, lr, started: float,
-                   workers: tuple[tf.distribute.Strategy, Cluster] | None = None
-                   ) -> FollowBudget:
-    """The callback that trains ``model`` to the run's time budget (:func:`plan_budget`); with
-    ``workers``, measured under the strategy (the all-reduce included) and following the
-    chief's plan (:class:`catsdogs.distributed.PlanAgreement`)."""
+                   workers: tuple[tf.distribute.Strategy, Cluster] | None = None,
+                   plan: BudgetPlan | None = None) -> FollowBudget:
+    """The callback that trains ``model`` to the run's time budget: ``plan`` when given, else
+    :func:`plan_budget`'s; with ``workers``, measured under the strategy (the all-reduce
+    included) and following the chief's plan (:class:`catsdogs.distributed.PlanAgreement`)."""
     agree = PlanAgreement(*workers, cfg.train_sizes or [cfg.image_size]) if workers else None
-    # The evaluation after training runs the saved float32 model: with bfloat16 training its
-    # passes are priced at their own, float32, speed (priced at the bfloat16 validation speed,
-    # the reserve let a resnet50 run overrun its budget by 105 s).
-    eval_batch = (None if resume or resolve_precision(cfg.precision) == "float32"
-                  else float32_batch_seconds(cfg))
-    with workers[0].scope() if workers else contextlib.nullcontext():
-        plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started,
-                           agree, eval_batch)
+    if plan is None:
+        eval_batch = None if resume else _eval_batch_seconds(cfg)
+        with workers[0].scope() if workers else contextlib.nullcontext():
+            plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started,
+                               agree, eval_batch)
     plan.save(cfg.out)
     spent_before = plan.spent_seconds if resume else 0.0
 
