@@ -734,6 +734,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         cfg, plan = _short_budget_switch(cfg, model, train_ds, augment, steps, examples,
                                          clock["start"])
         if plan is None:  # switched recipe: its own datasets, model and plan
+            # Dropped first: each training dataset holds its own copy of the photos.
+            train_ds = val_ds = model = None
             keras.utils.set_random_seed(cfg.seed)
             train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept)
             lr = learning_rate(cfg, steps)
