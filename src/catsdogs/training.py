@@ -724,23 +724,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     shared = scan_share(strategy, cluster) if cluster else None
     cfg, examples, kept = _start_or_resume(cfg, resume, progress, shared)
     clock["data"] = time.perf_counter()
-    keras.utils.set_random_seed(cfg.seed)
-    train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
-    lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
-    model, precision = build_for_training(cfg, steps, lr, strategy)
+    cfg, (train_ds, val_ds, augment, steps), model, precision, lr, plan = _datasets_and_model(
+        cfg, examples, kept, resume, clock["start"], strategy, cluster)
     workers = (strategy, cluster) if cluster else None
-    plan = None
-    if cfg.time_budget and cfg.short_budget_preset and not (resume or cluster):
-        cfg, plan = _short_budget_switch(cfg, model, train_ds, augment, steps, examples,
-                                         clock["start"])
-        if plan is None:  # switched recipe: its own datasets, model and plan
-            # Dropped first: each training dataset holds its own copy of the photos.
-            train_ds = val_ds = model = None
-            keras.utils.set_random_seed(cfg.seed)
-            train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept)
-            lr = learning_rate(cfg, steps)
-            model, precision = build_for_training(cfg, steps, lr)
-    kept.clear()
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
                             clock["start"], workers, plan) if cfg.time_budget else None
     epochs, validation = _epochs(cfg, follow, steps)
@@ -755,6 +741,33 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     model = _save_or_leave(model, cfg, precision, cluster)
     clock["save"] = time.perf_counter()
     return model
+
+
+def _datasets_and_model(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray],
+                        resume: bool, started: float,
+                        strategy: tf.distribute.Strategy | None, cluster: Cluster | None):
+    """The datasets (:func:`make_datasets`), the compiled model and its learning rate; then,
+    for a time budget that may switch recipe, :func:`_short_budget_switch`: on a switch, all of
+    it again for the new recipe. ``kept`` is emptied at the end.
+
+    Returns:
+        ``(cfg, (train_ds, val_ds, augment, steps_per_epoch), model, precision, lr, plan)``:
+        ``cfg`` the recipe trained with; ``plan`` the budget plan already measured for it, or
+        None (:func:`_follow_budget` measures it).
+    """
+    keras.utils.set_random_seed(cfg.seed)
+    train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
+    lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
+    model, precision = build_for_training(cfg, steps, lr, strategy)
+    plan = None
+    if cfg.time_budget and cfg.short_budget_preset and not (resume or cluster):
+        cfg, plan = _short_budget_switch(cfg, model, train_ds, augment, steps, examples, started)
+        if plan is None:  # switched (the new cfg does not switch again): build for its recipe
+            # Dropped first: each training dataset holds its own copy of the photos.
+            train_ds = val_ds = model = None
+            return _datasets_and_model(cfg, examples, kept, resume, started, strategy, cluster)
+    kept.clear()
+    return cfg, (train_ds, val_ds, augment, steps), model, precision, lr, plan
 
 
 def _save_or_leave(model: keras.Model, cfg: TrainConfig, precision: str,
