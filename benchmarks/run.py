@@ -141,7 +141,8 @@ def summarise_run(run: str, peak: float) -> dict:
             "test_accuracy": metrics["accuracy"], "test_roc_auc": metrics["roc_auc"],
             "test_n": metrics["n"], "timings": timings,
             "budget_minutes": cfg.get("time_budget"), "other": bool(cfg.get("other")),
-            "recipe": cfg.get("budget_recipe") or cfg["preset"]}
+            "recipe": cfg.get("budget_recipe") or cfg["preset"],
+            "own_recipe_epochs": cfg.get("own_recipe_epochs")}
 
 
 def budget_curve(rows: list[dict]) -> list[dict]:
@@ -159,7 +160,8 @@ def budget_curve(rows: list[dict]) -> list[dict]:
                        "planned_steps": r["timings"]["budget"]["planned_steps"],
                        "steps": r["timings"]["budget"]["steps"],
                        "epochs": r["timings"]["budget"]["epochs"], "other": r["other"],
-                       "recipe": r["recipe"], "train_sizes": r["train_sizes"]})
+                       "recipe": r["recipe"], "own_recipe_epochs": r["own_recipe_epochs"],
+                       "train_sizes": r["train_sizes"]})
     return sorted(points, key=lambda p: p["budget_minutes"])
 
 

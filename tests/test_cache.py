@@ -119,10 +119,13 @@ def test_make_dataset_rejects_photos_on_disk_that_do_not_fit(tmp_path):
 
 
 def _datasets(cfg):
-    """``make_datasets`` of a new run of ``cfg``, as training builds them."""
+    """``make_datasets`` of a new run of ``cfg``, as training builds them; its steps per epoch
+    are those a time budget plans with before the datasets exist (``_steps_per_epoch``)."""
     training.prepare_run_folder(cfg.out, resume=False, overwrite=False)
     cfg, examples, kept = training._start_or_resume(cfg, False, False)
-    return training.make_datasets(cfg, examples, kept)
+    datasets = training.make_datasets(cfg, examples, kept)
+    assert datasets[3] == training._steps_per_epoch(cfg, examples)
+    return datasets
 
 
 @pytest.mark.parametrize("image_size, train_sizes", [(24, []), (32, [24])])

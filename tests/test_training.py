@@ -68,12 +68,14 @@ def test_a_time_budget_run_follows_its_plan_to_the_end(make_folder, tmp_path):
     """``time_budget``: throughput measured per training size, the plan's steps trained to the
     last one with the learning rate reaching 0 there, the last epoch validated, the whole
     command inside the budget, and the record in plan.json, timings.json, config.json and the
-    report."""
+    report. A run that may switch recipe (``short_budget_preset``) but whose plan affords at
+    least ``short_budget_epochs`` epochs keeps its own recipe and records those epochs."""
     data = make_folder(cats=16, dogs=16)
     run = tmp_path / "run"
     started = time.perf_counter()
     api.train(data, run, "quick", image_size=32, train_sizes=[24, 32], batch_size=4,
-              val_every=3, time_budget=0.75, progress=False, started=started)
+              val_every=3, time_budget=0.75, short_budget_preset="fast",
+              short_budget_epochs=0.5, progress=False, started=started)
     seconds = time.perf_counter() - started
     plan = BudgetPlan.load(str(run))
     assert sorted(plan.step_seconds) == ["24", "32"] and plan.planned_steps > 0
@@ -94,24 +96,36 @@ def test_a_time_budget_run_follows_its_plan_to_the_end(make_folder, tmp_path):
     assert seconds <= 45.0 * 1.25, timings
     config = json.loads((run / "config.json").read_text())
     assert config["time_budget"] == 0.75 and config["budget"]["steps"] == plan.steps_done
+    assert config["budget_recipe"] == "" and config["own_recipe_epochs"] >= 0.5
+    assert (config["image_size"], config["train_sizes"]) == (32, [24, 32])
     report = (run / "report.md").read_text()
     assert "## Time budget" in report and f"trained {plan.steps_done}" in report
     assert "Whole command:" in report
 
 
 def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
-        make_folder, tmp_path):
+        make_folder, tmp_path, monkeypatch):
     """When the plan at the run's own sizes affords fewer than ``short_budget_epochs`` epochs,
-    the run switches to ``short_budget_preset``'s recipe before its first step: config.json,
-    plan.json, the saved model and the report all follow that recipe, and the photos decoded
-    at the first recipe's size are kept."""
+    the run switches to ``short_budget_preset``'s recipe before its first step: config.json
+    (with the epochs the first plan afforded), plan.json, the saved model and the report all
+    follow that recipe, and the photos decoded at the first recipe's size are kept. The
+    speed is measured once, on a few batches, at both recipes' sizes, and the training
+    datasets are built once, for the recipe trained with."""
+    made, measured = [], []
+    real_datasets, real_measure = training.make_datasets, training.measure_throughput
+    monkeypatch.setattr(training, "make_datasets",
+                        lambda cfg, *a: made.append(cfg.image_size) or real_datasets(cfg, *a))
+    monkeypatch.setattr(training, "measure_throughput",
+                        lambda *a, **k: measured.append(a[3]) or real_measure(*a, **k))
     run = tmp_path / "run"
     api.train(make_folder(cats=16, dogs=16), run, "quick", image_size=32, train_sizes=[24, 32],
               batch_size=4, time_budget=0.75, short_budget_preset="fast",
               short_budget_epochs=1e6, progress=False)
     fast = make_config("fast")
+    assert made == [fast.image_size] and measured == [sorted({24, 32, *fast.train_sizes})]
     config = json.loads((run / "config.json").read_text())
     assert config["budget_recipe"] == "fast" and config["short_budget_preset"] == ""
+    assert 0 < config["own_recipe_epochs"] < 1e6
     assert (config["image_size"], config["train_sizes"], config["learning_rate"]) == \
         (fast.image_size, fast.train_sizes, fast.learning_rate)
     assert config["cache_pixels"] == 32  # the scan decoded at the first recipe's size
@@ -121,7 +135,8 @@ def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
     assert plan.steps_done == plan.total_steps > 0
     resize = load_model(f"{run}/model.keras").get_layer("resize")
     assert (resize.height, resize.width) == (fast.image_size, fast.image_size)
-    assert "with the `fast` recipe" in (run / "report.md").read_text()
+    assert f"with the `fast` recipe (only {config['own_recipe_epochs']:.1f} epochs, fewer " \
+        f"than 1e+06," in (run / "report.md").read_text()
 
 
 def test_bfloat16_training_keeps_time_for_a_float32_evaluation(make_folder, tmp_path,

@@ -216,6 +216,9 @@ class TrainConfig:
         short_budget_epochs: the planned epochs below which the switch happens.
         budget_recipe: not a setting: the preset whose recipe this run switched to (``""``:
             none), recorded in ``config.json`` so a resumed run keeps it.
+        own_recipe_epochs: not a setting: the epochs the plan at the preset's own sizes
+            afforded, when a time-budget run chose between recipes (the switch above); None:
+            no choice was made.
         cache_pixels: side, pixels, at which training holds its photos, when not the largest
             training size (:meth:`cache_size`): a run that switched recipe keeps the photos it
             had already decoded.
@@ -275,6 +278,7 @@ class TrainConfig:
     short_budget_preset: str = "fast"
     short_budget_epochs: float = 16.0
     budget_recipe: str = ""
+    own_recipe_epochs: float | None = None
     cache_pixels: int | None = None
 
     def __post_init__(self):

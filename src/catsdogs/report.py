@@ -54,8 +54,10 @@ def _settings_lines(cfg: TrainConfig, m: dict) -> list[str]:
                   f"{cfg.fine_tune_fraction:.0%} of the backbone at ×{cfg.fine_tune_lr_factor:g}"
                   f" the learning rate)" if cfg.head_epochs else "")
         length += f"{stages}, starting from weights `{os.path.basename(cfg.weights)}`"
-    recipe = (f" with the `{cfg.budget_recipe}` recipe (too few epochs fitted the budget at "
-              f"the preset's own sizes)" if cfg.budget_recipe else "")
+    fitted = ("too few epochs" if cfg.own_recipe_epochs is None else
+              f"only {cfg.own_recipe_epochs:.1f} epochs, fewer than {cfg.short_budget_epochs:g},")
+    recipe = (f" with the `{cfg.budget_recipe}` recipe ({fitted} fitted the budget at the "
+              f"preset's own sizes)" if cfg.budget_recipe else "")
     return [f"Preset `{cfg.preset}`{recipe}: model `{cfg.model}` at "
             f"{cfg.image_size}×{cfg.image_size} px{trained_at}, {length}, batch "
             f"{cfg.batch_size}, {cfg.optimizer} "

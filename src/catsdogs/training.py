@@ -483,11 +483,12 @@ def compile_model(model: keras.Model, cfg: TrainConfig, steps_per_epoch: int, lr
 
 
 def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None,
-                       strategy: tf.distribute.Strategy | None = None) -> tuple[keras.Model, str]:
+                       strategy: tf.distribute.Strategy | None = None,
+                       announce: bool = True) -> tuple[keras.Model, str]:
     """Build and compile the model in the configured precision, under a ``tf.distribute``
     strategy scope (``strategy``, else the default one), with learning rate ``lr`` (default:
-    :func:`learning_rate`). Under a multi-worker strategy the model is made trainable with
-    ``fit`` there (:func:`catsdogs.distributed.prepare_model`).
+    :func:`learning_rate`); ``announce`` prints what is built. Under a multi-worker strategy
+    the model is made trainable with ``fit`` there (:func:`catsdogs.distributed.prepare_model`).
 
     Returns:
         ``(model, precision)`` with precision ``"float32"`` or ``"mixed_bfloat16"``.
@@ -495,8 +496,9 @@ def build_for_training(cfg: TrainConfig, steps_per_epoch: int, lr=None,
     precision = resolve_precision(cfg.precision)
     trains_at = (f", trained at {' → '.join(map(str, cfg.train_sizes))} px"
                  if cfg.train_sizes else "")
-    print(f"Model {cfg.model} at {cfg.image_size} px{trains_at}, {precision} compute, "
-          f"{'XLA' if cfg.jit_compile else 'no XLA'}")
+    if announce:
+        print(f"Model {cfg.model} at {cfg.image_size} px{trains_at}, {precision} compute, "
+              f"{'XLA' if cfg.jit_compile else 'no XLA'}")
     keras.mixed_precision.set_global_policy(precision)
     try:
         with (strategy or tf.distribute.get_strategy()).scope():
@@ -539,25 +541,47 @@ def make_callbacks(cfg: TrainConfig, augment, follow: FollowBudget | None = None
     ]
 
 
-def measure_throughput(model: keras.Model, train_ds, augment, sizes: list[int], image_size: int,
-                       batch_size: int, calls: int = 4) -> tuple[dict[str, float], float]:
+@dataclasses.dataclass
+class Throughput:
+    """Training speed measured at the start of a time-budget run (:func:`measure_throughput`).
+
+    Attributes:
+        step_seconds: seconds per optimizer step (one batch) at each training side (keys: the
+            side in pixels, as a string).
+        val_batch_seconds: seconds per validation batch (a forward pass of ``batch_size``
+            photos, training precision) at each validation side (same keys).
+        seconds: wall time of the measurement, seconds.
+        eval_batch: seconds of one evaluation batch after training at each validation side
+            (same keys): the saved float32 model's speed (:func:`_eval_batch_seconds`), when
+            measured; :func:`_follow_budget` measures a missing one.
+    """
+
+    step_seconds: dict[str, float]
+    val_batch_seconds: dict[str, float]
+    seconds: float = 0.0
+    eval_batch: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def measure_throughput(model: keras.Model, train_ds, augment, sizes: list[int],
+                       image_sizes: list[int], batch_size: int, calls: int = 4) -> Throughput:
     """Time training steps at each training size, after tracing, on real training batches
     (the input pipeline runs alongside, as in ``fit``); then put the weights and the optimizer
     state back as they were.
 
     Args:
-        model: the compiled model.
+        model: the compiled model, its ``resize`` layer a passthrough (the model runs at the
+            size of its input, as in training).
         train_ds: the training dataset (its augmentation resizes to ``augment``'s output size).
         augment: the training augmentation (``set_output_size`` for each size), or None.
         sizes: training sides, pixels.
-        image_size: the validation side, pixels.
+        image_sizes: validation sides, pixels.
         batch_size: photos per batch (for the validation batch).
         calls: timed steps per size (the median counts).
 
     Returns:
-        Seconds per optimizer step at each size (keys: the size as a string), and seconds per
-        validation batch (a forward pass of ``batch_size`` photos at ``image_size``).
+        The :class:`Throughput` (without ``eval_batch``).
     """
+    t0 = time.perf_counter()
     weights = model.get_weights()
     model.optimizer.build(model.trainable_variables)
     state = [v.numpy() for v in model.optimizer.variables]
@@ -569,35 +593,39 @@ def measure_throughput(model: keras.Model, train_ds, augment, sizes: list[int], 
         model.train_on_batch(*next(batches))  # traces the step at this size
         times = []
         for _ in range(calls):
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             model.train_on_batch(*next(batches))
-            times.append(time.perf_counter() - t0)
+            times.append(time.perf_counter() - t1)
         seconds[str(size)] = float(np.median(times))
-    x = np.zeros((batch_size, image_size, image_size, 3), np.float32)
-    y = np.zeros((batch_size, *model.output.shape[1:]), np.float32)
-    model.test_on_batch(x, y)
-    t0 = time.perf_counter()
-    model.test_on_batch(x, y)
-    val_batch = time.perf_counter() - t0
+    val_batch = {}
+    for size in image_sizes:
+        x = np.zeros((batch_size, size, size, 3), np.float32)
+        y = np.zeros((batch_size, *model.output.shape[1:]), np.float32)
+        model.test_on_batch(x, y)
+        t1 = time.perf_counter()
+        model.test_on_batch(x, y)
+        val_batch[str(size)] = time.perf_counter() - t1
     model.set_weights(weights)
     for v, value in zip(model.optimizer.variables, state, strict=True):
         v.assign(value)
-    return seconds, val_batch
+    return Throughput(seconds, val_batch, time.perf_counter() - t0)
 
 
 def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_per_epoch: int,
                 examples: list[Example], resume: bool, started: float,
-                agree: PlanAgreement | None = None, eval_batch: float | None = None
-                ) -> BudgetPlan:
+                agree: PlanAgreement | None = None, eval_batch: float | None = None,
+                measured: Throughput | None = None) -> BudgetPlan:
     """The time-budget plan of a run: on resume, the saved ``plan.json`` (the same plan, not
-    re-measured); else measure the throughput (:func:`measure_throughput`) and plan the
-    steps that fit in the budget left (:meth:`catsdogs.budget.BudgetPlan.replan`).
+    re-measured); else measure the throughput (:func:`measure_throughput`; ``measured``
+    when given, e.g. by :func:`_choose_recipe`) and plan the steps that fit in the budget
+    left (:func:`new_plan`).
 
     Args:
         started: ``time.perf_counter()`` when the command started; the budget counts from it.
         agree: several workers: every one measures, then all take the chief's plan.
         eval_batch: seconds of one evaluation batch (``batch_size`` photos) after training;
-            default: the measured validation batch (right when training in float32).
+            default: ``measured.eval_batch`` at ``image_size``, else the measured validation
+            batch (right when training in float32).
 
     Raises:
         RunError: a resumed run without a readable ``plan.json``.
@@ -610,25 +638,44 @@ def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_p
               f"({plan.epochs()} epochs), {plan.spent_seconds / 60:.1f} of "
               f"{plan.budget_seconds / 60:g} min used")
         return plan
-    t0 = time.perf_counter()
-    sizes = cfg.train_sizes or [cfg.image_size]
-    step_seconds, val_batch = measure_throughput(model, train_ds, augment, sizes,
-                                                 cfg.image_size, cfg.batch_size)
-    n_val = len(select(examples, "val")[0])
-    val_seconds = float(val_batch * np.ceil(n_val / cfg.batch_size))
-    plan = BudgetPlan(cfg.budget_seconds, steps_per_epoch, sizes, step_seconds, val_seconds,
-                      reserve_seconds(_photos_after_training(cfg, examples), cfg.batch_size,
-                                      val_batch if eval_batch is None else eval_batch),
-                      val_every=cfg.val_every, granularity=cfg.steps_per_execution,
-                      calibration_seconds=time.perf_counter() - t0, batch_size=cfg.batch_size)
-    plan.planned_steps = plan.replan(0, time.perf_counter() - started)
-    plan.max_steps = (int(np.ceil(1.5 * plan.epochs())) + 1) * steps_per_epoch
+    if measured is None:
+        measured = measure_throughput(model, train_ds, augment, cfg.train_sizes or
+                                      [cfg.image_size], [cfg.image_size], cfg.batch_size)
+    plan = new_plan(cfg, steps_per_epoch, examples, measured, started, eval_batch)
     agree(plan)
     planned, step_seconds = plan.planned_steps, plan.step_seconds
     rates = ", ".join(f"{s} px {cfg.batch_size / t:.0f}" for s, t in step_seconds.items())
     print(f"Time budget {cfg.time_budget:g} min: measured photos/s {rates}; planned "
           f"{planned} steps ({planned / steps_per_epoch:.1f} epochs), "
           f"{plan.reserve_seconds:.0f} s kept for the evaluation")
+    return plan
+
+
+def new_plan(cfg: TrainConfig, steps_per_epoch: int, examples: list[Example],
+             measured: Throughput, started: float, eval_batch: float | None = None
+             ) -> BudgetPlan:
+    """The first plan of ``cfg``'s recipe from ``measured`` speeds (which must cover its
+    training sizes and ``image_size``): the steps that fit in the budget left after
+    ``time.perf_counter() - started`` seconds, and a cap of 1.5× them (plus an epoch) for
+    ``fit``. ``eval_batch`` as in :func:`plan_budget`.
+
+    Raises:
+        KeyError: ``measured`` lacks one of the recipe's sizes.
+    """
+    sizes = cfg.train_sizes or [cfg.image_size]
+    val_batch = measured.val_batch_seconds[str(cfg.image_size)]
+    if eval_batch is None:
+        eval_batch = measured.eval_batch.get(str(cfg.image_size), val_batch)
+    n_val = len(select(examples, "val")[0])
+    plan = BudgetPlan(cfg.budget_seconds, steps_per_epoch, sizes,
+                      {str(s): measured.step_seconds[str(s)] for s in sizes},
+                      float(val_batch * np.ceil(n_val / cfg.batch_size)),
+                      reserve_seconds(_photos_after_training(cfg, examples), cfg.batch_size,
+                                      eval_batch),
+                      val_every=cfg.val_every, granularity=cfg.steps_per_execution,
+                      calibration_seconds=measured.seconds, batch_size=cfg.batch_size)
+    plan.planned_steps = plan.replan(0, time.perf_counter() - started)
+    plan.max_steps = (int(np.ceil(1.5 * plan.epochs())) + 1) * steps_per_epoch
     return plan
 
 
@@ -724,11 +771,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     shared = scan_share(strategy, cluster) if cluster else None
     cfg, examples, kept = _start_or_resume(cfg, resume, progress, shared)
     clock["data"] = time.perf_counter()
-    cfg, (train_ds, val_ds, augment, steps), model, precision, lr, plan = _datasets_and_model(
-        cfg, examples, kept, resume, clock["start"], strategy, cluster)
+    cfg, (train_ds, val_ds, augment, steps), model, precision, lr, measured = \
+        _datasets_and_model(cfg, examples, kept, resume, clock["start"], strategy, cluster)
     workers = (strategy, cluster) if cluster else None
     follow = _follow_budget(cfg, model, train_ds, augment, steps, examples, resume, lr,
-                            clock["start"], workers, plan) if cfg.time_budget else None
+                            clock["start"], workers, measured) if cfg.time_budget else None
     epochs, validation = _epochs(cfg, follow, steps)
     clock["setup"] = time.perf_counter()
     if cfg.head_epochs:  # the fit stage covers both stages of transfer learning
@@ -746,28 +793,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 def _datasets_and_model(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray],
                         resume: bool, started: float,
                         strategy: tf.distribute.Strategy | None, cluster: Cluster | None):
-    """The datasets (:func:`make_datasets`), the compiled model and its learning rate; then,
-    for a time budget that may switch recipe, :func:`_short_budget_switch`: on a switch, all of
-    it again for the new recipe. ``kept`` is emptied at the end.
+    """For a time budget that may switch recipe, first :func:`_choose_recipe`; then the
+    datasets (:func:`make_datasets`), the compiled model and its learning rate, once, for the
+    recipe trained with. ``kept`` is emptied at the end.
 
     Returns:
-        ``(cfg, (train_ds, val_ds, augment, steps_per_epoch), model, precision, lr, plan)``:
-        ``cfg`` the recipe trained with; ``plan`` the budget plan already measured for it, or
-        None (:func:`_follow_budget` measures it).
+        ``(cfg, (train_ds, val_ds, augment, steps_per_epoch), model, precision, lr, measured)``:
+        ``cfg`` the recipe trained with; ``measured`` its :class:`Throughput` when
+        :func:`_choose_recipe` measured it, else None (:func:`_follow_budget` measures it).
     """
+    measured = None
+    if cfg.time_budget and cfg.short_budget_preset and not (resume or cluster):
+        cfg, measured = _choose_recipe(cfg, examples, kept, started)
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
     lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
     model, precision = build_for_training(cfg, steps, lr, strategy)
-    plan = None
-    if cfg.time_budget and cfg.short_budget_preset and not (resume or cluster):
-        cfg, plan = _short_budget_switch(cfg, model, train_ds, augment, steps, examples, started)
-        if plan is None:  # switched (the new cfg does not switch again): build for its recipe
-            # Dropped first: each training dataset holds its own copy of the photos.
-            train_ds = val_ds = model = None
-            return _datasets_and_model(cfg, examples, kept, resume, started, strategy, cluster)
     kept.clear()
-    return cfg, (train_ds, val_ds, augment, steps), model, precision, lr, plan
+    return cfg, (train_ds, val_ds, augment, steps), model, precision, lr, measured
 
 
 def _save_or_leave(model: keras.Model, cfg: TrainConfig, precision: str,
@@ -883,43 +926,112 @@ def _eval_batch_seconds(cfg: TrainConfig) -> float | None:
     return None if resolve_precision(cfg.precision) == "float32" else float32_batch_seconds(cfg)
 
 
-def _short_budget_switch(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
-                         examples: list[Example], started: float
-                         ) -> tuple[TrainConfig, BudgetPlan | None]:
-    """Plan the time budget with the run's own recipe (:func:`plan_budget`). When the plan
-    affords fewer than :attr:`TrainConfig.short_budget_epochs` epochs, switch to
-    :attr:`TrainConfig.short_budget_preset`'s recipe (:meth:`TrainConfig.short_budget_config`,
-    saved to ``config.json`` so a resumed run keeps it).
+PROBE_BATCHES = 8
+"""Training batches :func:`_choose_recipe` measures the speed on: enough for the 5 timed
+steps per size of :func:`measure_throughput`, far fewer photos than the training split (whose
+shuffle buffer would hold a copy of every photo)."""
+
+
+def _steps_per_epoch(cfg: TrainConfig, examples: list[Example]) -> int:
+    """Optimizer steps in one epoch of one worker: the training photos plus, with ``other``,
+    the outliers (:func:`training_outliers`), in batches of ``batch_size``; equal to what
+    :func:`make_datasets` returns without a cluster."""
+    n = len(select(examples, "train")[0])
+    if cfg.other:
+        n += cfg.other_synthetic + sum(e.split == "train" for e in load_other_split(
+            run_file(cfg.out, OTHER_SPLITS_FILE)))
+    return int(np.ceil(n / cfg.batch_size))
+
+
+def _probe_throughput(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray],
+                      sizes: list[int], image_sizes: list[int]) -> Throughput:
+    """:func:`measure_throughput` of ``cfg``'s net, compiled as for training, on
+    :data:`PROBE_BATCHES` batches of the first training photos (``kept`` ones not decoded
+    again) with ``cfg``'s augmentation, at training sides ``sizes`` and validation sides
+    ``image_sizes`` (pixels); the model and the small dataset are dropped afterwards."""
+    paths, labels = select(examples, "train")
+    n = min(len(paths), PROBE_BATCHES * cfg.batch_size)
+    augment = AUGMENTATIONS[cfg.augmentation](seed=cfg.seed)
+    probe = make_dataset(paths[:n], _targets(cfg, labels[:n]), cfg.cache_size(), cfg.batch_size,
+                         shuffle=True, augment=augment, seed=cfg.seed,
+                         images=_stack(kept, paths[:n]))
+    model = build_for_training(cfg, PROBE_BATCHES, announce=False)[0]
+    return measure_throughput(model, probe, augment, sizes, image_sizes, cfg.batch_size)
+
+
+def _same_step(a: TrainConfig, b: TrainConfig) -> bool:
+    """Whether two recipes train the same net in the same batches, so a step at one size
+    costs the same in both (the learning rate and the crop's area do not change its cost)."""
+    return all(getattr(a, k) == getattr(b, k) for k in ("model", "model_kwargs", "batch_size",
+                                                        "precision", "weights"))
+
+
+def _choose_recipe(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray],
+                   started: float) -> tuple[TrainConfig, Throughput]:
+    """Plan the time budget with the run's own recipe; when the plan affords fewer than
+    :attr:`TrainConfig.short_budget_epochs` epochs, train with
+    :attr:`TrainConfig.short_budget_preset`'s recipe instead
+    (:meth:`TrainConfig.short_budget_config`). The speed is measured once, on a few batches
+    (:func:`_probe_throughput`), at both recipes' sizes when they train the same net (else the
+    other recipe is measured after a switch), so the datasets and model are built once, for
+    the recipe chosen. The choice (:attr:`TrainConfig.own_recipe_epochs`,
+    :attr:`TrainConfig.budget_recipe`) is saved to ``config.json``; a resumed run keeps it.
 
     Returns:
-        ``(cfg, plan)`` to train as planned, or ``(switched config, None)``: its datasets,
-        model and plan are still to be made.
+        ``(cfg, measured)``: the recipe to train with and its measured speed.
     """
-    plan = plan_budget(cfg, model, train_ds, augment, steps, examples, False, started,
-                       eval_batch=_eval_batch_seconds(cfg))
-    epochs = plan.planned_steps / steps
-    if epochs >= cfg.short_budget_epochs:
-        return cfg, plan
     short = cfg.short_budget_config()
-    print(f"Only {epochs:.1f} epochs fit at {' → '.join(map(str, plan.sizes))} px (fewer than "
-          f"{cfg.short_budget_epochs:g}): training with the {short.budget_recipe} recipe instead")
-    short.save(cfg.out, versions=software_versions())
-    return short, None
+    own_sizes = cfg.train_sizes or [cfg.image_size]
+    short_sizes = short.train_sizes or [short.image_size]
+    shared = _same_step(cfg, short)
+    sizes = sorted(set(own_sizes) | set(short_sizes)) if shared else own_sizes
+    print(f"Time budget {cfg.time_budget:g} min: measuring the training speed at "
+          f"{', '.join(map(str, sizes))} px to choose the recipe")
+    measured = _probe_throughput(cfg, examples, kept, sizes,
+                                 sorted({cfg.image_size, short.image_size}) if shared
+                                 else [cfg.image_size])
+    _measure_eval_batch(cfg, measured)
+    steps = _steps_per_epoch(cfg, examples)
+    epochs = new_plan(cfg, steps, examples, measured, started).planned_steps / steps
+    cfg = dataclasses.replace(cfg, own_recipe_epochs=round(epochs, 2))
+    if epochs >= cfg.short_budget_epochs:
+        print(f"{epochs:.1f} epochs fit at {' → '.join(map(str, own_sizes))} px: training "
+              f"with the {cfg.preset} recipe")
+    else:
+        print(f"Only {epochs:.1f} epochs fit at {' → '.join(map(str, own_sizes))} px (fewer "
+              f"than {cfg.short_budget_epochs:g}): training with the "
+              f"{short.budget_recipe} recipe instead")
+        cfg = dataclasses.replace(short, own_recipe_epochs=cfg.own_recipe_epochs)
+        if not shared:
+            measured = _probe_throughput(cfg, examples, kept, short_sizes, [cfg.image_size])
+        _measure_eval_batch(cfg, measured)
+    cfg.save(cfg.out, versions=software_versions())
+    return cfg, measured
+
+
+def _measure_eval_batch(cfg: TrainConfig, measured: Throughput) -> None:
+    """Add the evaluation batch of ``cfg`` at its ``image_size`` to ``measured.eval_batch``
+    (:func:`_eval_batch_seconds`; nothing for float32 training: the validation batch is it)."""
+    key = str(cfg.image_size)
+    if key not in measured.eval_batch and (seconds := _eval_batch_seconds(cfg)) is not None:
+        measured.eval_batch[key] = seconds
 
 
 def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps: int,
                    examples: list[Example], resume: bool, lr, started: float,
                    workers: tuple[tf.distribute.Strategy, Cluster] | None = None,
-                   plan: BudgetPlan | None = None) -> FollowBudget:
-    """The callback that trains ``model`` to the run's time budget: ``plan`` when given, else
-    :func:`plan_budget`'s; with ``workers``, measured under the strategy (the all-reduce
-    included) and following the chief's plan (:class:`catsdogs.distributed.PlanAgreement`)."""
+                   measured: Throughput | None = None) -> FollowBudget:
+    """The callback that trains ``model`` to the run's time budget, as :func:`plan_budget`
+    plans it (from ``measured`` when given); with ``workers``, measured under the strategy
+    (the all-reduce included) and following the chief's plan
+    (:class:`catsdogs.distributed.PlanAgreement`)."""
     agree = PlanAgreement(*workers, cfg.train_sizes or [cfg.image_size]) if workers else None
-    if plan is None:
-        eval_batch = None if resume else _eval_batch_seconds(cfg)
-        with workers[0].scope() if workers else contextlib.nullcontext():
-            plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started,
-                               agree, eval_batch)
+    eval_batch = None
+    if not resume and (measured is None or str(cfg.image_size) not in measured.eval_batch):
+        eval_batch = _eval_batch_seconds(cfg)
+    with workers[0].scope() if workers else contextlib.nullcontext():
+        plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started,
+                           agree, eval_batch, measured)
     plan.save(cfg.out)
     spent_before = plan.spent_seconds if resume else 0.0
 
