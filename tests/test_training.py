@@ -143,8 +143,14 @@ def test_bfloat16_training_keeps_time_for_a_float32_evaluation(make_folder, tmp_
                                                                 monkeypatch):
     """The evaluation after training runs the saved float32 model, so a bfloat16 run prices
     its passes at the float32 speed (measured on a float32 copy of the model), not at the
-    bfloat16 validation speed."""
+    bfloat16 validation speed. The training speed is measured on a few batches before the
+    training datasets are built (their shuffle buffer is not filling meanwhile)."""
     calls, real = [], training.float32_batch_seconds
+    order, real_datasets, real_measure = [], training.make_datasets, training.measure_throughput
+    monkeypatch.setattr(training, "make_datasets",
+                        lambda *a: order.append("datasets") or real_datasets(*a))
+    monkeypatch.setattr(training, "measure_throughput",
+                        lambda *a, **k: order.append("measure") or real_measure(*a, **k))
 
     def float32_batch(cfg):
         calls.append(keras.mixed_precision.global_policy().name)
@@ -157,6 +163,7 @@ def test_bfloat16_training_keeps_time_for_a_float32_evaluation(make_folder, tmp_
     api.train(make_folder(cats=16, dogs=16), run, "quick", image_size=32, batch_size=4,
               time_budget=0.5, precision="mixed_bfloat16", progress=False)
     assert calls == ["float32", "float32"]  # measured once, in float32
+    assert order == ["measure", "datasets"]
     cfg = training.TrainConfig.load(str(run))
     examples = load_split(f"{run}/splits.csv")
     photos_after = training._photos_after_training(cfg, examples)

@@ -616,9 +616,9 @@ def plan_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, steps_p
                 agree: PlanAgreement | None = None, eval_batch: float | None = None,
                 measured: Throughput | None = None) -> BudgetPlan:
     """The time-budget plan of a run: on resume, the saved ``plan.json`` (the same plan, not
-    re-measured); else measure the throughput (:func:`measure_throughput`; ``measured``
-    when given, e.g. by :func:`_choose_recipe`) and plan the steps that fit in the budget
-    left (:func:`new_plan`).
+    re-measured); else plan the steps that fit in the budget left (:func:`new_plan`) from
+    ``measured`` (:func:`_probe_throughput`), or, when not given (several workers: the
+    all-reduce included), from :func:`measure_throughput` on ``train_ds``.
 
     Args:
         started: ``time.perf_counter()`` when the command started; the budget counts from it.
@@ -793,18 +793,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 def _datasets_and_model(cfg: TrainConfig, examples: list[Example], kept: dict[str, np.ndarray],
                         resume: bool, started: float,
                         strategy: tf.distribute.Strategy | None, cluster: Cluster | None):
-    """For a time budget that may switch recipe, first :func:`_choose_recipe`; then the
-    datasets (:func:`make_datasets`), the compiled model and its learning rate, once, for the
-    recipe trained with. ``kept`` is emptied at the end.
+    """For a new time-budget run, first the training speed (:func:`_probe_throughput`; with
+    a recipe to switch to, :func:`_choose_recipe`); then the datasets (:func:`make_datasets`),
+    the compiled model and its learning rate, once, for the recipe trained with. ``kept`` is
+    emptied at the end.
 
     Returns:
         ``(cfg, (train_ds, val_ds, augment, steps_per_epoch), model, precision, lr, measured)``:
-        ``cfg`` the recipe trained with; ``measured`` its :class:`Throughput` when
-        :func:`_choose_recipe` measured it, else None (:func:`_follow_budget` measures it).
+        ``cfg`` the recipe trained with; ``measured`` its :class:`Throughput`, or None: fixed
+        epochs, a resumed run (its saved plan) or several workers (:func:`_follow_budget`
+        measures under their strategy).
     """
     measured = None
-    if cfg.time_budget and cfg.short_budget_preset and not (resume or cluster):
-        cfg, measured = _choose_recipe(cfg, examples, kept, started)
+    if cfg.time_budget and not (resume or cluster):
+        cfg, measured = (_choose_recipe(cfg, examples, kept, started) if cfg.short_budget_preset
+                         else (cfg, _probe_throughput(cfg, examples, kept, cfg.train_sizes or
+                                                      [cfg.image_size], [cfg.image_size])))
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
     lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
@@ -927,9 +931,11 @@ def _eval_batch_seconds(cfg: TrainConfig) -> float | None:
 
 
 PROBE_BATCHES = 8
-"""Training batches :func:`_choose_recipe` measures the speed on: enough for the 5 timed
-steps per size of :func:`measure_throughput`, far fewer photos than the training split (whose
-shuffle buffer would hold a copy of every photo)."""
+"""Training batches a time-budget run measures its speed on (:func:`_probe_throughput`):
+enough for the 5 timed steps per size of :func:`measure_throughput`. Not the whole training
+split: its shuffle buffer (a copy of every photo) fills in the background while the first size
+is timed, which made those steps look slower than training then ran them and, with a recipe
+switch, left that copy allocated while the chosen recipe's datasets were built."""
 
 
 def _steps_per_epoch(cfg: TrainConfig, examples: list[Example]) -> int:
