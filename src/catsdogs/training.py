@@ -933,9 +933,9 @@ def _eval_batch_seconds(cfg: TrainConfig) -> float | None:
 PROBE_BATCHES = 8
 """Training batches a time-budget run measures its speed on (:func:`_probe_throughput`):
 enough for the 5 timed steps per size of :func:`measure_throughput`. Not the whole training
-split: its shuffle buffer (a copy of every photo) fills in the background while the first size
-is timed, which made those steps look slower than training then ran them and, with a recipe
-switch, left that copy allocated while the chosen recipe's datasets were built."""
+split, so the speed is known before the training datasets are built: a run that may switch
+recipe builds them once, for the recipe chosen (measured on the whole split, a switch left the
+first dataset's shuffle buffer, a copy of every photo, allocated while the second was built)."""
 
 
 def _steps_per_epoch(cfg: TrainConfig, examples: list[Example]) -> int:
