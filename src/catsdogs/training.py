@@ -552,8 +552,8 @@ class Throughput:
             photos, training precision) at each validation side (same keys).
         seconds: wall time of the measurement, seconds.
         eval_batch: seconds of one evaluation batch after training at each validation side
-            (same keys): the saved float32 model's speed (:func:`_eval_batch_seconds`), when
-            measured; :func:`_follow_budget` measures a missing one.
+            (same keys): the saved float32 model's speed (:func:`_measure_eval_batch`); none
+            when training in float32 (the validation batch is that speed).
     """
 
     step_seconds: dict[str, float]
@@ -809,6 +809,7 @@ def _datasets_and_model(cfg: TrainConfig, examples: list[Example], kept: dict[st
         cfg, measured = (_choose_recipe(cfg, examples, kept, started) if cfg.short_budget_preset
                          else (cfg, _probe_throughput(cfg, examples, kept, cfg.train_sizes or
                                                       [cfg.image_size], [cfg.image_size])))
+        _measure_eval_batch(cfg, measured)
     keras.utils.set_random_seed(cfg.seed)
     train_ds, val_ds, augment, steps = make_datasets(cfg, examples, kept, cluster)
     lr = cfg.learning_rate if cfg.head_epochs else learning_rate(cfg, steps)
@@ -1010,7 +1011,6 @@ def _choose_recipe(cfg: TrainConfig, examples: list[Example], kept: dict[str, np
         cfg = dataclasses.replace(short, own_recipe_epochs=cfg.own_recipe_epochs)
         if not shared:
             measured = _probe_throughput(cfg, examples, kept, short_sizes, [cfg.image_size])
-        _measure_eval_batch(cfg, measured)
     cfg.save(cfg.out, versions=software_versions())
     return cfg, measured
 
@@ -1032,9 +1032,7 @@ def _follow_budget(cfg: TrainConfig, model: keras.Model, train_ds, augment, step
     (the all-reduce included) and following the chief's plan
     (:class:`catsdogs.distributed.PlanAgreement`)."""
     agree = PlanAgreement(*workers, cfg.train_sizes or [cfg.image_size]) if workers else None
-    eval_batch = None
-    if not resume and (measured is None or str(cfg.image_size) not in measured.eval_batch):
-        eval_batch = _eval_batch_seconds(cfg)
+    eval_batch = None if resume or measured is not None else _eval_batch_seconds(cfg)
     with workers[0].scope() if workers else contextlib.nullcontext():
         plan = plan_budget(cfg, model, train_ds, augment, steps, examples, resume, started,
                            agree, eval_batch, measured)
