@@ -20,6 +20,10 @@ BUDGET ?=
 # A new run folder each time: runs/default, runs/default-2, runs/default-3, …
 RUN ?= $(shell n=1; d=runs/$(PRESET); while [ -e $$d ]; do n=$$((n+1)); d=runs/$(PRESET)-$$n; done; echo $$d)
 ARGS ?=
+# pytest-xdist processes for `make test`: two keep both CI cores busy while one test waits on a
+# subprocess, a converter or TensorFlow's tracing; whole files per process (--dist loadfile), so
+# a module's fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: install train test lint bench bench-quick bench-backbones bench-scaling bench-streaming \
 	bench-profile clean
@@ -40,7 +44,7 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python benchmarks/run.py --data "$(DATA)" $(if $(OTHER),--other "$(OTHER)")
