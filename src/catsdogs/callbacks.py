@@ -1,7 +1,7 @@
 """The Keras callbacks training adds to Keras' own (``BackupAndRestore``, ``TensorBoard``,
 ``TerminateOnNaN``; https://keras.io/api/callbacks/): an atomic best-weights checkpoint,
-``history.csv`` written after every epoch, progressive resizing, and following a time-budget
-plan (:mod:`catsdogs.budget`)."""
+``history.csv`` written after every epoch, progressive resizing, following a time-budget plan
+(:mod:`catsdogs.budget`), and a progress bar that counts the steps actually run."""
 
 from __future__ import annotations
 
@@ -71,6 +71,21 @@ class HistoryCSV(keras.callbacks.Callback):
                "elapsed": round(elapsed, 3)}
         self.rows.append(row)
         write_history(self.path, self.rows)
+
+
+class StepProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (``fit(verbose=1)``; one line per epoch with ``verbose=2``) that
+    never counts past the epoch's steps.
+
+    With ``steps_per_execution`` > 1 Keras reports each compiled call as if it ran all its
+    steps, so an epoch whose steps are not a multiple of it ends its bar at, e.g., 384/374 with
+    a negative time left (keras-team/keras#20861). This caps the step count at the epoch's
+    steps. Passed in ``fit``'s callbacks, it replaces the progress bar Keras would add."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.target is not None:
+            batch = min(batch, self.target - 1)  # ``batch`` is 0-based
+        super().on_train_batch_end(batch, logs)
 
 
 class ProgressiveResize(keras.callbacks.Callback):

@@ -38,6 +38,7 @@ from catsdogs.callbacks import (
     HistoryCSV,
     PlannedValidation,
     ProgressiveResize,
+    StepProgbar,
 )
 from catsdogs.config import TrainConfig
 from catsdogs.constants import CLASSES
@@ -884,7 +885,7 @@ def _fit(model: keras.Model, cfg: TrainConfig, data: tuple, epochs: int, validat
     try:
         with scope:
             model.fit(data[0], validation_data=data[1], epochs=epochs,
-                      initial_epoch=initial_epoch, callbacks=callbacks,
+                      initial_epoch=initial_epoch, callbacks=[*callbacks, StepProgbar()],
                       validation_freq=validation, shuffle=False, verbose=1 if progress else 2)
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.out, run_file(cfg.out, BACKUP_DIR)) from None
