@@ -1,5 +1,5 @@
 """The machine and the software: oneDNN turned on by ``import catsdogs``, the precision
-``auto`` resolves to, and the versions a run records."""
+``auto`` resolves to (guessed from the CPU flags, or timed), and the versions a run records."""
 
 from __future__ import annotations
 
@@ -37,6 +37,40 @@ def test_precision_auto_follows_the_cpu(monkeypatch):
     assert system.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
     with pytest.raises(ConfigError, match="unknown precision"):
         system.resolve_precision("float16")
+
+
+def _never_timed(precision):
+    raise AssertionError(f"timed {precision} where nothing should be timed")
+
+
+@pytest.mark.parametrize("f32, bf16, expected", [
+    (0.50, 0.30, "mixed_bfloat16"),  # bfloat16 1.67× faster
+    (0.30, 0.45, "float32"),  # bfloat16 slower: a CPU with AVX512_BF16 where it does not pay
+    (0.30, 0.29, "float32"),  # 1.03×: within the margin, a tie goes to float32
+])
+def test_precision_auto_times_both_on_a_bfloat16_cpu_and_trains_in_the_faster(
+        monkeypatch, f32, bf16, expected):
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
+    timed = []
+    seconds = {"float32": f32, "mixed_bfloat16": bf16}
+    choice = system.choose_precision("auto", lambda p: timed.append(p) or seconds[p], 112, 64)
+    assert sorted(timed) == ["float32", "mixed_bfloat16"]
+    assert choice.precision == expected
+    assert (choice.size, choice.batch_size, choice.step_seconds) == (112, 64, seconds)
+    assert f"float32 {64 / f32:.0f}, mixed_bfloat16 {64 / bf16:.0f}" in choice.reason
+    assert choice.line().startswith(f"Precision: {expected} (auto: measured photos/s at 112 px")
+
+
+def test_precision_is_not_timed_without_native_bfloat16_or_when_set(monkeypatch):
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: False)
+    choice = system.choose_precision("auto", _never_timed, 112, 64)
+    assert (choice.precision, choice.step_seconds, choice.size) == ("float32", {}, None)
+    assert "no native bfloat16" in choice.reason
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
+    for precision in ("float32", "mixed_bfloat16"):
+        assert system.choose_precision(precision, _never_timed, 112, 64).precision == precision
+    with pytest.raises(ConfigError, match="unknown precision"):
+        system.choose_precision("float16", _never_timed, 112, 64)
 
 
 def test_software_versions_name_the_package_and_libraries():

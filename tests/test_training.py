@@ -17,7 +17,7 @@ import pytest
 from conftest import run_cli, save_photo
 
 import catsdogs.data.pipeline as pipeline
-from catsdogs import api, training
+from catsdogs import api, system, training
 from catsdogs.budget import RESERVE_FIXED_SECONDS, BudgetPlan
 from catsdogs.config import make_config
 from catsdogs.data.split import load_split, select
@@ -301,6 +301,60 @@ def test_resuming_a_run_whose_training_finished_only_evaluates_it(make_folder, t
     assert (run / "model.keras").read_bytes() == model_before  # not trained again
     assert finished.metrics["n"] > 0 and (run / "report.md").exists()
     assert finished.config.inference.ood_threshold is not None  # the rejection is calibrated
+
+
+def test_auto_precision_is_timed_once_saved_and_kept_on_resume(make_folder, tmp_path,
+                                                               monkeypatch, capsys):
+    """On a CPU with native bfloat16, a new run times a real training step in both precisions
+    and trains in the faster; config.json records the choice, and a resumed run keeps it
+    without timing again. The timing's result is replaced so the test does not depend on the
+    CPU: here bfloat16 wins."""
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
+    timed, built = [], []
+    real_step, real_build = training.step_seconds, training.build_for_training
+
+    def step(cfg, precision, size):
+        assert real_step(cfg, precision, size, steps=1) > 0  # the real step runs
+        timed.append((precision, size))
+        return {"float32": 0.2, "mixed_bfloat16": 0.1}[precision]
+
+    def build(*args, **kwargs):
+        model, precision = real_build(*args, **kwargs)
+        built.append(precision)
+        return model, precision
+
+    monkeypatch.setattr(training, "step_seconds", step)
+    monkeypatch.setattr(training, "build_for_training", build)
+    run = tmp_path / "run"
+    cfg = make_config("quick", data=str(make_folder(cats=12, dogs=12)), out=str(run),
+                      image_size=40, train_sizes=[24, 32, 40], epochs=3, batch_size=8)
+    assert cfg.precision == "auto"
+    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def crash_after_epoch_2(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch == 1:
+            raise OSError("power cut")
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_epoch_2)
+        with pytest.raises(OSError, match="power cut"):
+            train(cfg, progress=False)
+    assert sorted(timed) == [("float32", 32), ("mixed_bfloat16", 32)]  # the middle size
+    assert built == ["float32", "mixed_bfloat16", "mixed_bfloat16"]  # timed twice, trained
+    assert "Precision: mixed_bfloat16 (auto: measured photos/s at 32 px: float32 40, " \
+           "mixed_bfloat16 80" in capsys.readouterr().out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["precision"] == "mixed_bfloat16"
+    assert saved["precision_choice"]["step_seconds"] == {"float32": 0.2, "mixed_bfloat16": 0.1}
+    timed.clear(), built.clear()
+    api.train(out=run, resume=True, progress=False)
+    assert timed == [] and built == ["mixed_bfloat16"]
+    assert "Precision: mixed_bfloat16 (as when the run started: auto: measured" in \
+        capsys.readouterr().out
+    assert [int(r["epoch"]) for r in read_history(str(run / "history.csv"))] == [1, 2, 3]
+    assert "mixed_bfloat16 compute (auto: measured photos/s at 32 px" in \
+        (run / "report.md").read_text()
 
 
 def test_validating_every_other_epoch_survives_a_crash_and_resumes(make_folder, tmp_path,

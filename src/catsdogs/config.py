@@ -168,9 +168,14 @@ class TrainConfig:
             less Python overhead per batch; callbacks and the progress bar then see every 16th
             batch.
         precision: ``"float32"``, ``"mixed_bfloat16"`` (Keras mixed precision: bfloat16 compute,
-            float32 variables; Micikevicius et al. 2018, arXiv:1710.03740) or ``"auto"``
-            (bfloat16 where the CPU has native bfloat16 instructions, AVX512_BF16 or AMX). The
-            saved model always computes in float32.
+            float32 variables; Micikevicius et al. 2018, arXiv:1710.03740) or ``"auto"``: on a
+            CPU with native bfloat16 instructions (AVX512_BF16 or AMX), a new run times a
+            training step in both and trains in the faster
+            (:func:`catsdogs.system.choose_precision`), else float32. A new run saves the
+            precision it resolved to; the saved model always computes in float32.
+        precision_choice: not a setting: how a new run resolved :attr:`precision`, recorded
+            when it starts (``precision``, ``reason``, ``size``, ``step_seconds``,
+            ``batch_size``: :class:`catsdogs.system.PrecisionChoice`); a resumed run keeps it.
         cache: where training keeps its decoded, resized photos (:data:`CACHE_MODES`):
             ``"memory"`` (uint8 arrays in RAM: fastest, but the photos must fit), ``"disk"``
             (files of fixed-size uint8 records in ``RUN/cache/``, read at random with
@@ -257,6 +262,7 @@ class TrainConfig:
     jit_compile: bool = False
     steps_per_execution: int = 16
     precision: str = "auto"
+    precision_choice: dict = field(default_factory=dict)
     cache: str = _flag("auto", "where the decoded photos live while training: memory, disk "
                                "(RUN/cache, for photo folders larger than memory) or auto "
                                "(memory when they fit in --cache-memory-gb)")

@@ -37,6 +37,12 @@ def _plot(name: str) -> str:
     return f"{PLOTS_DIR}/{name}"
 
 
+def _precision_reason(cfg: TrainConfig) -> str:
+    """Why the run trained in its precision, when it chose (``precision="auto"`` timed)."""
+    choice = cfg.precision_choice
+    return f" ({choice['reason']})" if choice.get("step_seconds") else ""
+
+
 def _settings_lines(cfg: TrainConfig, m: dict) -> list[str]:
     """What was trained and how it was evaluated."""
     src = m["source"]
@@ -62,7 +68,7 @@ def _settings_lines(cfg: TrainConfig, m: dict) -> list[str]:
             f"{cfg.image_size}×{cfg.image_size} px{trained_at}, {length}, batch "
             f"{cfg.batch_size}, {cfg.optimizer} "
             f"lr {cfg.learning_rate} ({cfg.schedule}), augmentation `{cfg.augmentation}`, "
-            f"seed {cfg.seed}.", "",
+            f"seed {cfg.seed}, {cfg.precision} compute{_precision_reason(cfg)}.", "",
             f"Evaluated on {where}; dog is the positive class, threshold {m['threshold']}{flips}."]
 
 

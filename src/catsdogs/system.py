@@ -1,10 +1,12 @@
-"""What this machine and this Python have: native bfloat16, the memory left to use, and the
-software versions a run records in ``config.json``."""
+"""What this machine and this Python have: native bfloat16 (and whether it pays), the memory
+left to use, and the software versions a run records in ``config.json``."""
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import keras
 import matplotlib
@@ -28,7 +30,8 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """``"auto"`` → ``"mixed_bfloat16"`` on CPUs with native bfloat16, else ``"float32"``.
+    """``"auto"`` → ``"mixed_bfloat16"`` on CPUs with native bfloat16, else ``"float32"``: the
+    guess from the CPU flags alone, for what has not measured (:func:`choose_precision`).
 
     Raises:
         ConfigError: an unknown precision.
@@ -39,6 +42,73 @@ def resolve_precision(precision: str) -> str:
         raise ConfigError(f"unknown precision {precision!r}; choose auto, float32 or "
                           "mixed_bfloat16")
     return precision
+
+
+BFLOAT16_MARGIN = 1.05
+"""``precision="auto"`` trains in bfloat16 only when its measured step is at least this many
+times faster than float32's: a tie goes to float32, which rounds nothing and needs no float32
+copy of the model at the end (a 4-step median moves a few per cent between runs)."""
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The compute precision a run trains in, and why (``config.json``'s ``precision_choice``).
+
+    Attributes:
+        precision: ``"float32"`` or ``"mixed_bfloat16"``.
+        reason: why, in words.
+        size: training side the steps were timed at, pixels (None: nothing was timed).
+        step_seconds: median seconds per training step of ``batch_size`` photos, by precision
+            (empty: nothing was timed).
+        batch_size: photos per timed step.
+    """
+
+    precision: str
+    reason: str
+    size: int | None = None
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    batch_size: int | None = None
+
+    def line(self) -> str:
+        """The one line training prints."""
+        return f"Precision: {self.precision} ({self.reason})"
+
+
+def choose_precision(precision: str, step_seconds: Callable[[str], float], size: int,
+                     batch_size: int) -> PrecisionChoice:
+    """Resolve a new run's :attr:`~catsdogs.config.TrainConfig.precision`: ``float32`` and
+    ``mixed_bfloat16`` as given; ``auto`` → ``float32`` on a CPU without native bfloat16
+    (:func:`cpu_has_bf16`; nothing is timed), else the faster of the two by a timed training
+    step, bfloat16 only when :data:`BFLOAT16_MARGIN` times faster.
+
+    Native bfloat16 instructions do not make bfloat16 faster on every CPU: on a 2-core Intel
+    Xeon with AVX512_BF16 and AVX512_FP16 but no AMX, ``default``'s float32 steps were 1.3–1.5×
+    faster than its bfloat16 ones, the opposite of an AMD EPYC with AVX512_BF16
+    (docs/benchmarks.md).
+
+    Args:
+        precision: ``"auto"``, ``"float32"`` or ``"mixed_bfloat16"``.
+        step_seconds: seconds per training step in a precision (called once for each of the
+            two, ``auto`` on a bfloat16 CPU only).
+        size: the training side ``step_seconds`` times at, pixels (for the record).
+        batch_size: photos per step (for the record and the printed photos/s).
+
+    Raises:
+        ConfigError: an unknown precision.
+    """
+    resolved = resolve_precision(precision)
+    if precision != "auto":
+        return PrecisionChoice(resolved, f"precision={precision} as set")
+    if resolved == "float32":
+        return PrecisionChoice("float32", "auto: no native bfloat16 (avx512_bf16, amx_bf16) "
+                                          "on this CPU")
+    seconds = {p: float(step_seconds(p)) for p in ("float32", "mixed_bfloat16")}
+    bf16 = seconds["float32"] >= BFLOAT16_MARGIN * seconds["mixed_bfloat16"]
+    rates = ", ".join(f"{p} {batch_size / s:.0f}" for p, s in seconds.items())
+    reason = (f"auto: measured photos/s at {size} px: {rates}; bfloat16 only when "
+              f"{BFLOAT16_MARGIN:g}× faster")
+    return PrecisionChoice("mixed_bfloat16" if bf16 else "float32", reason, size, seconds,
+                           batch_size)
 
 
 def _read_int(file: str) -> int | None:

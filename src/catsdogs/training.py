@@ -93,7 +93,11 @@ from catsdogs.runfolder import (
     training_finished,
     validated_rows,
 )
-from catsdogs.system import resolve_precision, software_versions
+from catsdogs.system import (
+    choose_precision,
+    resolve_precision,
+    software_versions,
+)
 from catsdogs.transfer import fine_tune_config, freeze_backbone, unfreeze_top
 
 
@@ -256,6 +260,9 @@ def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool,
                   else f"{cfg.epochs} epochs")
         print(f"Resuming {run} (preset {cfg.preset}, {length})")
         print(saved_choice(cfg).line())
+        if cfg.precision_choice:
+            print(f"Precision: {cfg.precision} (as when the run started: "
+                  f"{cfg.precision_choice['reason']})")
         return cfg, load_split(run_file(run, SPLITS_FILE)), {}
     choice = choose_cache(cfg)
     print(choice.line())
@@ -563,6 +570,47 @@ class Throughput:
     eval_batch: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
+PRECISION_STEPS = 4
+"""Timed training steps per precision when ``precision="auto"`` chooses (the median counts)."""
+
+
+def step_seconds(cfg: TrainConfig, precision: str, size: int, steps: int = PRECISION_STEPS
+                 ) -> float:
+    """Median seconds of one training step of ``cfg``'s net, compiled as for training in
+    ``precision``, on a synthetic batch of ``(batch_size, size, size, 3)`` float32 pixel
+    values 0–255, after a first step that traces it. The model is built without pretrained
+    weights (the speed does not depend on them) and dropped afterwards."""
+    recipe = dataclasses.replace(cfg, precision=precision, weights="none")
+    model = build_for_training(recipe, steps_per_epoch=1000, announce=False)[0]
+    rng = np.random.default_rng(cfg.seed)
+    x = rng.uniform(0, 255, (cfg.batch_size, size, size, 3)).astype(np.float32)
+    y = np.zeros((cfg.batch_size, *model.output.shape[1:]), np.float32)
+    model.train_on_batch(x, y)  # traces
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def record_precision(cfg: TrainConfig) -> TrainConfig:
+    """Resolve a new run's precision (:func:`catsdogs.system.choose_precision`, timing
+    :func:`step_seconds` at the middle training size), print it and save it in
+    ``config.json``: :attr:`TrainConfig.precision` becomes the precision trained in and
+    :attr:`TrainConfig.precision_choice` records why, so a resumed run keeps both. A time
+    budget pays for the timing: it counts from the command's start."""
+    sizes = sorted(cfg.train_sizes or [cfg.image_size])
+    size = sizes[len(sizes) // 2]
+    choice = choose_precision(cfg.precision, lambda p: step_seconds(cfg, p, size), size,
+                              cfg.batch_size)
+    print(choice.line())
+    cfg = dataclasses.replace(cfg, precision=choice.precision,
+                              precision_choice=dataclasses.asdict(choice))
+    cfg.save(cfg.out, versions=software_versions())
+    return cfg
+
+
 def measure_throughput(model: keras.Model, train_ds, augment, sizes: list[int],
                        image_sizes: list[int], batch_size: int, calls: int = 4) -> Throughput:
     """Time training steps at each training size, after tracing, on real training batches
@@ -772,6 +820,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     shared = scan_share(strategy, cluster) if cluster else None
     cfg, examples, kept = _start_or_resume(cfg, resume, progress, shared)
     clock["data"] = time.perf_counter()
+    if not (resume or cluster):  # several workers keep the flags' guess: the same everywhere
+        cfg = record_precision(cfg)
     cfg, (train_ds, val_ds, augment, steps), model, precision, lr, measured = \
         _datasets_and_model(cfg, examples, kept, resume, clock["start"], strategy, cluster)
     workers = (strategy, cluster) if cluster else None
