@@ -1,6 +1,7 @@
 """Where a training step's time goes on this CPU, natively and with oneDNN limited to AVX2.
 
-For each configuration (default: this CPU as ``precision=auto`` picks, and an emulated
+For each configuration (default: this CPU as the flags guess ``precision=auto``, untimed:
+bfloat16 where it has native bfloat16 instructions; and an emulated
 AVX2-only CPU — ``ONEDNN_MAX_CPU_ISA=AVX2`` with float32, as issue 20 asks), a child process
 builds the preset's model exactly as ``catsdogs train`` does (``build_for_training``) and trains
 it on synthetic batches at one training size:
