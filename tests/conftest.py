@@ -18,6 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CATSDOGS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _untimed_precision(request, monkeypatch):
+    """``precision=auto`` on a CPU with native bfloat16 times a training step in float32 and in
+    bfloat16 (:func:`catsdogs.training.step_seconds`): two builds and traces per ``train``, and
+    a choice that follows the machine's noise. Tests get float32 from a stub (a tie goes to
+    float32), except those marked ``timed_precision``."""
+    if not request.node.get_closest_marker("timed_precision"):
+        monkeypatch.setattr("catsdogs.training.step_seconds", lambda cfg, precision, size: 1.0)
+
+
 def require_shared(sub: str) -> Path:
     """Path of ``../shared/data/<sub>``; fails loudly under CI=true when missing, else skips."""
     path = SHARED_DATA / sub

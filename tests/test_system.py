@@ -69,6 +69,8 @@ def test_precision_is_not_timed_without_native_bfloat16_or_when_set(monkeypatch)
     monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
     for precision in ("float32", "mixed_bfloat16"):
         assert system.choose_precision(precision, _never_timed, 112, 64).precision == precision
+    untimed = system.choose_precision("auto", _never_timed, 112, 64, timed=False)
+    assert untimed.precision == "mixed_bfloat16" and "several workers" in untimed.reason
     with pytest.raises(ConfigError, match="unknown precision"):
         system.choose_precision("float16", _never_timed, 112, 64)
 

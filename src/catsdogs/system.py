@@ -31,7 +31,7 @@ def cpu_has_bf16() -> bool:
 
 def resolve_precision(precision: str) -> str:
     """``"auto"`` → ``"mixed_bfloat16"`` on CPUs with native bfloat16, else ``"float32"``: the
-    guess from the CPU flags alone, for what has not measured (:func:`choose_precision`).
+    guess from the CPU flags alone, for callers that do not time (:func:`choose_precision`).
 
     Raises:
         ConfigError: an unknown precision.
@@ -47,7 +47,9 @@ def resolve_precision(precision: str) -> str:
 BFLOAT16_MARGIN = 1.05
 """``precision="auto"`` trains in bfloat16 only when its measured step is at least this many
 times faster than float32's: a tie goes to float32, which rounds nothing and needs no float32
-copy of the model at the end (a 4-step median moves a few per cent between runs)."""
+copy of the model at the end. This kind of VM's speed moves 15–20 % between timings, so where
+the two precisions are closer than that either may win (and either is then about as fast);
+set the precision for bit-exact reruns."""
 
 
 @dataclass(frozen=True)
@@ -75,16 +77,17 @@ class PrecisionChoice:
 
 
 def choose_precision(precision: str, step_seconds: Callable[[str], float], size: int,
-                     batch_size: int) -> PrecisionChoice:
+                     batch_size: int, timed: bool = True) -> PrecisionChoice:
     """Resolve a new run's :attr:`~catsdogs.config.TrainConfig.precision`: ``float32`` and
     ``mixed_bfloat16`` as given; ``auto`` → ``float32`` on a CPU without native bfloat16
     (:func:`cpu_has_bf16`; nothing is timed), else the faster of the two by a timed training
-    step, bfloat16 only when :data:`BFLOAT16_MARGIN` times faster.
+    step, bfloat16 only when :data:`BFLOAT16_MARGIN` times faster; without ``timed`` (several
+    workers, which must all train alike), the CPU flags' guess.
 
     Native bfloat16 instructions do not make bfloat16 faster on every CPU: on a 2-core Intel
     Xeon with AVX512_BF16 and AVX512_FP16 but no AMX, ``default``'s float32 steps were 1.3–1.5×
-    faster than its bfloat16 ones, the opposite of an AMD EPYC with AVX512_BF16
-    (docs/benchmarks.md).
+    faster than its bfloat16 ones on synthetic batches, the opposite of an AMD EPYC with
+    AVX512_BF16 (docs/benchmarks.md).
 
     Args:
         precision: ``"auto"``, ``"float32"`` or ``"mixed_bfloat16"``.
@@ -102,6 +105,9 @@ def choose_precision(precision: str, step_seconds: Callable[[str], float], size:
     if resolved == "float32":
         return PrecisionChoice("float32", "auto: no native bfloat16 (avx512_bf16, amx_bf16) "
                                           "on this CPU")
+    if not timed:
+        return PrecisionChoice(resolved, "auto: native bfloat16 on this CPU, untimed (several "
+                                         "workers)")
     seconds = {p: float(step_seconds(p)) for p in ("float32", "mixed_bfloat16")}
     bf16 = seconds["float32"] >= BFLOAT16_MARGIN * seconds["mixed_bfloat16"]
     rates = ", ".join(f"{p} {batch_size / s:.0f}" for p, s in seconds.items())

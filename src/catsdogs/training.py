@@ -95,6 +95,7 @@ from catsdogs.runfolder import (
 )
 from catsdogs.system import (
     choose_precision,
+    cpu_has_bf16,
     resolve_precision,
     software_versions,
 )
@@ -263,6 +264,9 @@ def _start_or_resume(cfg: TrainConfig, resume: bool, progress: bool,
         if cfg.precision_choice:
             print(f"Precision: {cfg.precision} (as when the run started: "
                   f"{cfg.precision_choice['reason']})")
+        if cfg.precision == "mixed_bfloat16" and not cpu_has_bf16():
+            print("Warning: this run trains in bfloat16, which this CPU has no native "
+                  "instructions for: it will be slow here (resume it where it started)")
         return cfg, load_split(run_file(run, SPLITS_FILE)), {}
     choice = choose_cache(cfg)
     print(choice.line())
@@ -579,7 +583,8 @@ def step_seconds(cfg: TrainConfig, precision: str, size: int, steps: int = PRECI
     """Median seconds of one training step of ``cfg``'s net, compiled as for training in
     ``precision``, on a synthetic batch of ``(batch_size, size, size, 3)`` float32 pixel
     values 0–255, after a first step that traces it. The model is built without pretrained
-    weights (the speed does not depend on them) and dropped afterwards."""
+    weights, every layer trainable (a transfer run's frozen stages are not timed apart), and
+    dropped afterwards."""
     recipe = dataclasses.replace(cfg, precision=precision, weights="none")
     model = build_for_training(recipe, steps_per_epoch=1000, announce=False)[0]
     rng = np.random.default_rng(cfg.seed)
@@ -594,16 +599,17 @@ def step_seconds(cfg: TrainConfig, precision: str, size: int, steps: int = PRECI
     return float(np.median(times))
 
 
-def record_precision(cfg: TrainConfig) -> TrainConfig:
-    """Resolve a new run's precision (:func:`catsdogs.system.choose_precision`, timing
-    :func:`step_seconds` at the middle training size), print it and save it in
-    ``config.json``: :attr:`TrainConfig.precision` becomes the precision trained in and
-    :attr:`TrainConfig.precision_choice` records why, so a resumed run keeps both. A time
-    budget pays for the timing: it counts from the command's start."""
-    sizes = sorted(cfg.train_sizes or [cfg.image_size])
-    size = sizes[len(sizes) // 2]
+def record_precision(cfg: TrainConfig, timed: bool = True) -> TrainConfig:
+    """Resolve the run's precision (:func:`catsdogs.system.choose_precision`, timing
+    :func:`step_seconds` at the smallest training size unless not ``timed``), print it and
+    save it in ``config.json``: :attr:`TrainConfig.precision` becomes the precision trained in
+    and :attr:`TrainConfig.precision_choice` records why, so a resumed run keeps both. The
+    smallest size is the cheapest to time, and ``default``'s is also a size of the recipe a
+    short budget switches to (:meth:`TrainConfig.short_budget_config`). A time budget pays for
+    the timing: it counts from the command's start."""
+    size = min(cfg.train_sizes or [cfg.image_size])
     choice = choose_precision(cfg.precision, lambda p: step_seconds(cfg, p, size), size,
-                              cfg.batch_size)
+                              cfg.batch_size, timed)
     print(choice.line())
     cfg = dataclasses.replace(cfg, precision=choice.precision,
                               precision_choice=dataclasses.asdict(choice))
@@ -820,8 +826,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     shared = scan_share(strategy, cluster) if cluster else None
     cfg, examples, kept = _start_or_resume(cfg, resume, progress, shared)
     clock["data"] = time.perf_counter()
-    if not (resume or cluster):  # several workers keep the flags' guess: the same everywhere
-        cfg = record_precision(cfg)
+    if cfg.precision == "auto":  # a new run, or one stopped before its precision was saved
+        cfg = record_precision(cfg, timed=cluster is None)
     cfg, (train_ds, val_ds, augment, steps), model, precision, lr, measured = \
         _datasets_and_model(cfg, examples, kept, resume, clock["start"], strategy, cluster)
     workers = (strategy, cluster) if cluster else None
