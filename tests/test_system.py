@@ -58,7 +58,7 @@ def test_precision_auto_times_both_on_a_bfloat16_cpu_and_trains_in_the_faster(
     assert choice.precision == expected
     assert (choice.size, choice.batch_size, choice.step_seconds) == (112, 64, seconds)
     assert f"float32 {64 / f32:.0f}, mixed_bfloat16 {64 / bf16:.0f}" in choice.reason
-    assert choice.line().startswith(f"Precision: {expected} (auto: measured photos/s at 112 px")
+    assert choice.line().startswith(f"Precision: {expected} (auto: timed photos/s at 112 px")
 
 
 def test_precision_is_not_timed_without_native_bfloat16_or_when_set(monkeypatch):

@@ -343,7 +343,7 @@ def test_auto_precision_is_timed_once_saved_and_kept_on_resume(make_folder, tmp_
             train(cfg, progress=False)
     assert sorted(timed) == [("float32", 24), ("mixed_bfloat16", 24)]  # the smallest size
     assert built == ["float32", "mixed_bfloat16", "float32"]  # timed twice, trained
-    assert "Precision: float32 (auto: measured photos/s at 24 px: float32 80, " \
+    assert "Precision: float32 (auto: timed photos/s at 24 px: float32 80, " \
            "mixed_bfloat16 40" in capsys.readouterr().out
     saved = json.loads((run / "config.json").read_text())
     assert saved["precision"] == "float32"
@@ -351,10 +351,10 @@ def test_auto_precision_is_timed_once_saved_and_kept_on_resume(make_folder, tmp_
     timed.clear(), built.clear()
     api.train(out=run, resume=True, progress=False)
     assert timed == [] and built == ["float32"]
-    assert "Precision: float32 (as when the run started: auto: measured" in \
+    assert "Precision: float32 (as when the run started: auto: timed" in \
         capsys.readouterr().out
     assert [int(r["epoch"]) for r in read_history(str(run / "history.csv"))] == [1, 2, 3]
-    assert "float32 compute (auto: measured photos/s at 24 px" in \
+    assert "float32 compute (auto: timed photos/s at 24 px" in \
         (run / "report.md").read_text()
 
 

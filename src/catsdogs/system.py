@@ -111,7 +111,7 @@ def choose_precision(precision: str, step_seconds: Callable[[str], float], size:
     seconds = {p: float(step_seconds(p)) for p in ("float32", "mixed_bfloat16")}
     bf16 = seconds["float32"] >= BFLOAT16_MARGIN * seconds["mixed_bfloat16"]
     rates = ", ".join(f"{p} {batch_size / s:.0f}" for p, s in seconds.items())
-    reason = (f"auto: measured photos/s at {size} px: {rates}; bfloat16 only when "
+    reason = (f"auto: timed photos/s at {size} px: {rates}; bfloat16 only when "
               f"{BFLOAT16_MARGIN:g}× faster")
     return PrecisionChoice("mixed_bfloat16" if bf16 else "float32", reason, size, seconds,
                            batch_size)
