@@ -170,9 +170,10 @@ class TrainConfig:
         precision: ``"float32"``, ``"mixed_bfloat16"`` (Keras mixed precision: bfloat16 compute,
             float32 variables; Micikevicius et al. 2018, arXiv:1710.03740) or ``"auto"``: on a
             CPU with native bfloat16 instructions (AVX512_BF16 or AMX), a new run times a
-            training step in both and trains in the faster (several workers: bfloat16,
-            untimed; :func:`catsdogs.system.choose_precision`), else float32. A run saves the
-            precision it resolved to; the saved model always computes in float32.
+            training step in both and trains in the faster (several workers: bfloat16 by
+            the CPU flags, untimed; :func:`catsdogs.system.choose_precision`), else float32.
+            A run saves the precision it resolved to; the saved model always computes in
+            float32.
         precision_choice: not a setting: how a new run resolved :attr:`precision`, recorded
             when it starts (``precision``, ``reason``, ``size``, ``step_seconds``,
             ``batch_size``: :class:`catsdogs.system.PrecisionChoice`); a resumed run keeps it.
