@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,6 +27,22 @@ def _untimed_precision(request, monkeypatch):
     float32), except those marked ``timed_precision``."""
     if not request.node.get_closest_marker("timed_precision"):
         monkeypatch.setattr("catsdogs.training.step_seconds", lambda cfg, precision, size: 1.0)
+
+
+def train_until_crash(train, cfg, epochs_done: int, monkeypatch) -> None:
+    """Run ``train(cfg, progress=False)`` and crash it (``OSError("power cut")``) right after
+    epoch ``epochs_done`` (1-based) is in the resumable backup."""
+    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def crash(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch == epochs_done - 1:
+            raise OSError("power cut")
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash)
+        with pytest.raises(OSError, match="power cut"):
+            train(cfg, progress=False)
 
 
 def require_shared(sub: str) -> Path:

@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
-from conftest import photo, run_cli, save_photo
+from conftest import photo, run_cli, save_photo, train_until_crash
 from PIL import Image
 
 import catsdogs.cache as cache
@@ -237,17 +236,7 @@ def test_a_partial_disk_cache_is_rebuilt_on_resume_and_removed_at_the_end(
     cfg = make_config("quick", data=str(data), out=str(run), image_size=32, epochs=3,
                       batch_size=8, other=str(other), other_holdout="none", other_synthetic=4,
                       cache_memory_gb=1e-6)
-    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
-
-    def crash_after_epoch_1(self, epoch, logs=None):
-        real_end(self, epoch, logs)
-        if epoch == 0:
-            raise OSError("power cut")
-
-    with monkeypatch.context() as m:
-        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_epoch_1)
-        with pytest.raises(OSError, match="power cut"):
-            training.train(cfg, progress=False)
+    train_until_crash(training.train, cfg, 1, monkeypatch)
     out = capsys.readouterr().out
     assert "Cache: disk (--cache auto: 44 photos at 32 px" in out and "more than" in out
     assert decoded == []  # decoded once, by the scan, straight to disk

@@ -14,7 +14,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import run_cli, save_photo
+from conftest import run_cli, save_photo, train_until_crash
 
 import catsdogs.data.pipeline as pipeline
 from catsdogs import api, system, training
@@ -330,17 +330,7 @@ def test_auto_precision_is_timed_once_saved_and_kept_on_resume(make_folder, tmp_
     cfg = make_config("quick", data=str(make_folder(cats=12, dogs=12)), out=str(run),
                       image_size=40, train_sizes=[24, 32, 40], epochs=3, batch_size=8)
     assert cfg.precision == "auto"
-    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
-
-    def crash_after_epoch_2(self, epoch, logs=None):
-        real_end(self, epoch, logs)
-        if epoch == 1:
-            raise OSError("power cut")
-
-    with monkeypatch.context() as m:
-        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_epoch_2)
-        with pytest.raises(OSError, match="power cut"):
-            train(cfg, progress=False)
+    train_until_crash(train, cfg, 2, monkeypatch)
     assert sorted(timed) == [("float32", 24), ("mixed_bfloat16", 24)]  # the smallest size
     assert built == ["float32", "mixed_bfloat16", "float32"]  # timed twice, trained
     assert "Precision: float32 (auto: timed photos/s at 24 px: float32 80, " \
@@ -364,17 +354,7 @@ def test_validating_every_other_epoch_survives_a_crash_and_resumes(make_folder, 
     cfg = make_config("quick", data=str(data), out=str(tmp_path / "run"), image_size=32,
                       epochs=5, batch_size=8, val_every=2)
     run = tmp_path / "run"
-    real_end = keras.callbacks.BackupAndRestore.on_epoch_end
-
-    def crash_after_epoch_3(self, epoch, logs=None):
-        real_end(self, epoch, logs)
-        if epoch == 2:
-            raise OSError("power cut")
-
-    with monkeypatch.context() as m:
-        m.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", crash_after_epoch_3)
-        with pytest.raises(OSError, match="power cut"):
-            train(cfg, progress=False)
+    train_until_crash(train, cfg, 3, monkeypatch)
     api.train(out=run, resume=True, progress=False)
     rows = read_history(str(run / "history.csv"))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
