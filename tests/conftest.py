@@ -19,12 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CATSDOGS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_cache(tmp_path_factory):
+    """Tests, and the commands they run, never read or write the user's cache of machine
+    timings (:func:`catsdogs.system.cache_dir`), from the first (module) fixture on."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("CATSDOGS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _untimed_precision(request, monkeypatch):
+def _untimed_precision(request, monkeypatch, tmp_path_factory):
     """``precision=auto`` on a CPU with native bfloat16 times a training step in float32 and in
     bfloat16 (:func:`catsdogs.training.step_seconds`): two builds and traces per ``train``, and
     a choice that follows the machine's noise. Tests get float32 from a stub (a tie goes to
-    float32), except those marked ``timed_precision``."""
+    float32), except those marked ``timed_precision``. Each test gets an empty cache of
+    timings (:func:`catsdogs.system.cache_dir`), so none depends on another's."""
+    monkeypatch.setenv("CATSDOGS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     if not request.node.get_closest_marker("timed_precision"):
         monkeypatch.setattr("catsdogs.training.step_seconds", lambda cfg, precision, size: 1.0)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -73,6 +74,82 @@ def test_precision_is_not_timed_without_native_bfloat16_or_when_set(monkeypatch)
     assert untimed.precision == "mixed_bfloat16" and "several workers" in untimed.reason
     with pytest.raises(ConfigError, match="unknown precision"):
         system.choose_precision("float16", _never_timed, 112, 64)
+
+
+NET = {"model": "resnet", "size": 96, "batch_size": 64}
+
+
+def _timer(seconds, timed):
+    return lambda p: timed.append(p) or seconds[p]
+
+
+def test_precision_timings_are_cached_per_machine_and_net(monkeypatch, tmp_path):
+    """A second run of the same net on the same machine reuses the first run's timings (no
+    builds, no traces); another net, size or machine is timed afresh."""
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("CATSDOGS_CACHE_DIR", str(tmp_path / "cache"))
+    timed = []
+    first = system.choose_precision("auto", _timer({"float32": 0.2, "mixed_bfloat16": 0.3},
+                                                   timed), 96, 64, key=NET)
+    assert sorted(timed) == ["float32", "mixed_bfloat16"] and not first.cached
+    file = tmp_path / "cache" / system.PRECISION_CACHE_FILE
+    (entry,) = json.loads(file.read_text()).values()
+    assert entry["key"] == NET and entry["step_seconds"] == first.step_seconds
+    again = system.choose_precision("auto", _never_timed, 96, 64, key=NET)
+    assert (again.precision, again.step_seconds, again.cached) == ("float32",
+                                                                   first.step_seconds, True)
+    assert f"cached in {file}" in again.reason and "float32 320, mixed_bfloat16 213" in \
+        again.reason
+    timed.clear()
+    bigger = system.choose_precision("auto", _timer({"float32": 0.6, "mixed_bfloat16": 0.3},
+                                                    timed), 128, 64, key={**NET, "size": 128})
+    assert len(timed) == 2 and bigger.precision == "mixed_bfloat16" and not bigger.cached
+    assert system.choose_precision("auto", _never_timed, 96, 64, key=NET).cached
+    monkeypatch.setattr(system, "machine_key", lambda: {"cpu": "another"})
+    timed.clear()
+    system.choose_precision("auto", _timer({"float32": 0.2, "mixed_bfloat16": 0.3}, timed),
+                            96, 64, key=NET)
+    assert len(timed) == 2
+    assert len(json.loads(file.read_text())) == 3
+
+
+@pytest.mark.parametrize("cache", ["corrupt", "off", "unwritable"])
+def test_a_bad_or_missing_cache_only_means_timing_again(monkeypatch, tmp_path, cache):
+    monkeypatch.setattr(system, "cpu_has_bf16", lambda: True)
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("CATSDOGS_CACHE_DIR", "" if cache == "off" else str(folder))
+    if cache == "corrupt":
+        folder.mkdir()
+        (folder / system.PRECISION_CACHE_FILE).write_text('{"half a')
+    if cache == "unwritable":
+        folder.write_text("a file where the folder should be")
+    seconds = {"float32": 0.2, "mixed_bfloat16": 0.1}
+    for _ in range(2):
+        timed = []
+        choice = system.choose_precision("auto", _timer(seconds, timed), 96, 64, key=NET)
+        assert choice.precision == "mixed_bfloat16"
+        if cache == "corrupt":  # re-timed once, then rewritten whole and reused
+            break
+        assert len(timed) == 2 and not choice.cached
+    if cache == "corrupt":
+        assert len(timed) == 2
+        assert system.choose_precision("auto", _never_timed, 96, 64, key=NET).cached
+    if cache == "off":
+        assert not folder.exists()
+
+
+def test_the_machine_key_names_the_cpu_cores_and_onednn_settings(monkeypatch):
+    monkeypatch.setattr(system, "_cpuinfo", lambda: (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 207\n"
+        "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: another\n"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    key = system.machine_key()
+    assert key["cpu"] == {"vendor_id": "GenuineIntel", "cpu family": "6", "model": "207",
+                          "model name": "Intel(R) Xeon(R) Processor"}
+    assert key["onednn"][0] == "AVX2" and key["cores"] >= 1
+    monkeypatch.setattr(system, "_cpuinfo", lambda: "flags\t\t: fpu avx2\n")
+    assert system.machine_key()["flags"] != key["flags"]
 
 
 def test_software_versions_name_the_package_and_libraries():

@@ -4,6 +4,7 @@ catsdogs.api.train, which also evaluates)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -346,6 +347,11 @@ def test_auto_precision_is_timed_once_saved_and_kept_on_resume(make_folder, tmp_
     assert [int(r["epoch"]) for r in read_history(str(run / "history.csv"))] == [1, 2, 3]
     assert "float32 compute (auto: timed photos/s at 24 px" in \
         (run / "report.md").read_text()
+    again = tmp_path / "again"  # a new run of the same net here: the cached timings
+    again.mkdir()
+    choice = training.record_precision(dataclasses.replace(cfg, out=str(again)))
+    assert timed == [] and choice.precision == "float32"
+    assert choice.precision_choice["cached"] and "cached in" in choice.precision_choice["reason"]
 
 
 def test_validating_every_other_epoch_survives_a_crash_and_resumes(make_folder, tmp_path,

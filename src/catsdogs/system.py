@@ -3,8 +3,11 @@ left to use, and the software versions a run records in ``config.json``."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,16 +20,102 @@ import tensorflow as tf
 
 from catsdogs.constants import VERSION
 from catsdogs.errors import ConfigError
+from catsdogs.io import atomic_write_text
+
+
+def _cpuinfo() -> str:
+    """The text of /proc/cpuinfo ("" where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return fh.read()
+    except OSError:
+        return ""
 
 
 def cpu_has_bf16() -> bool:
     """True when /proc/cpuinfo lists native bfloat16 instructions (``avx512_bf16``/``amx_bf16``)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+PRECISION_CACHE_FILE = "precision.json"
+"""Where :func:`choose_precision` keeps its timings between runs, in :func:`cache_dir`."""
+
+
+def cache_dir() -> str | None:
+    """The folder where catsdogs keeps what it measured about this machine between runs (not
+    run results): ``$CATSDOGS_CACHE_DIR``, else ``$XDG_CACHE_HOME/catsdogs``, else
+    ``~/.cache/catsdogs`` (the XDG Base Directory convention). ``CATSDOGS_CACHE_DIR=`` (empty)
+    turns the cache off: None."""
+    if "CATSDOGS_CACHE_DIR" in os.environ:
+        return os.environ["CATSDOGS_CACHE_DIR"] or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "catsdogs")
+
+
+def machine_key() -> dict:
+    """What a training step's speed depends on besides the net: the CPU (model and flags, from
+    the first processor of /proc/cpuinfo), the cores this process may use, the oneDNN settings
+    (``ONEDNN_MAX_CPU_ISA`` emulates an older CPU) and the TensorFlow and Keras versions."""
+    first = _cpuinfo().split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":")
+                                                   for line in first.splitlines())}
+    cpu = {k: fields.get(k, "") for k in ("vendor_id", "cpu family", "model", "model name")}
+    flags = fields.get("flags", "")
+    return {"cpu": cpu, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
+            "onednn": [os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+                       os.environ.get("TF_ENABLE_ONEDNN_OPTS", "")],
+            "tensorflow": tf.__version__, "keras": keras.__version__}
+
+
+def _cache_entry(key: dict) -> tuple[str, str] | None:
+    """(cache file, entry name) for ``key`` (the net timed, plus :func:`machine_key`)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    text = json.dumps({**machine_key(), **key}, sort_keys=True, default=str)
+    return os.path.join(folder, PRECISION_CACHE_FILE), hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_cache(file: str) -> dict:
+    """The cache file's entries; empty when it is missing or unreadable (it is then re-timed
+    and rewritten)."""
+    try:
+        with open(file, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _cached_seconds(key: dict | None) -> dict[str, float] | None:
+    """The step seconds by precision cached for ``key``, or None."""
+    where = _cache_entry(key) if key is not None else None
+    entry = _read_cache(where[0]).get(where[1]) if where else None
+    seconds = entry.get("step_seconds") if isinstance(entry, dict) else None
+    if not isinstance(seconds, dict) or set(seconds) != {"float32", "mixed_bfloat16"}:
+        return None
+    try:
+        return {p: float(s) for p, s in seconds.items()}
+    except (TypeError, ValueError):
+        return None
+
+
+def _cache_seconds(key: dict | None, seconds: dict[str, float]) -> None:
+    """Add ``seconds`` for ``key`` to the cache file, atomically; a cache that cannot be
+    written (a read-only home) is skipped: it only saves time."""
+    where = _cache_entry(key) if key is not None else None
+    if where is None:
+        return
+    entries = _read_cache(where[0])
+    entries[where[1]] = {"key": key, "step_seconds": seconds,
+                         "timed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        atomic_write_text(where[0], json.dumps(entries, indent=1, sort_keys=True, default=str))
+    except OSError:
+        pass
 
 
 def resolve_precision(precision: str) -> str:
@@ -63,6 +152,8 @@ class PrecisionChoice:
         step_seconds: median seconds per training step of ``batch_size`` photos, by precision
             (empty: nothing was timed).
         batch_size: photos per timed step.
+        cached: the step seconds are an earlier run's on this machine, from the cache
+            (:func:`cache_dir`), not timed again.
     """
 
     precision: str
@@ -70,6 +161,7 @@ class PrecisionChoice:
     size: int | None = None
     step_seconds: dict[str, float] = field(default_factory=dict)
     batch_size: int | None = None
+    cached: bool = False
 
     def line(self) -> str:
         """The one line training prints."""
@@ -77,12 +169,17 @@ class PrecisionChoice:
 
 
 def choose_precision(precision: str, step_seconds: Callable[[str], float], size: int,
-                     batch_size: int, timed: bool = True) -> PrecisionChoice:
+                     batch_size: int, timed: bool = True, key: dict | None = None
+                     ) -> PrecisionChoice:
     """Resolve a new run's :attr:`~catsdogs.config.TrainConfig.precision`: ``float32`` and
     ``mixed_bfloat16`` as given; ``auto`` → ``float32`` on a CPU without native bfloat16
     (:func:`cpu_has_bf16`; nothing is timed), else the faster of the two by a timed training
     step, bfloat16 only when :data:`BFLOAT16_MARGIN` times faster; without ``timed`` (several
-    workers, which must all train alike), the CPU flags' guess.
+    workers, which must all train alike), the CPU flags' guess. With ``key``, the two timings
+    are kept in :data:`PRECISION_CACHE_FILE` (in :func:`cache_dir`) under ``key`` and
+    :func:`machine_key`, and a later run of the same net on the same machine and software
+    reuses them instead of timing again (two builds and traces: about 20 s, a large share of a
+    short budget); delete the file to time again.
 
     Native bfloat16 instructions do not make bfloat16 faster on every CPU: on a 2-core Intel
     Xeon with AVX512_BF16 and AVX512_FP16 but no AMX, ``default``'s float32 steps were 1.3–1.5×
@@ -95,6 +192,8 @@ def choose_precision(precision: str, step_seconds: Callable[[str], float], size:
             two, ``auto`` on a bfloat16 CPU only).
         size: the training side ``step_seconds`` times at, pixels (for the record).
         batch_size: photos per step (for the record and the printed photos/s).
+        key: what ``step_seconds`` times (the net, batch, size; JSON-serialisable), for the
+            cache; None: no cache.
 
     Raises:
         ConfigError: an unknown precision.
@@ -108,13 +207,19 @@ def choose_precision(precision: str, step_seconds: Callable[[str], float], size:
     if not timed:
         return PrecisionChoice(resolved, "auto: native bfloat16 on this CPU, untimed (several "
                                          "workers)")
-    seconds = {p: float(step_seconds(p)) for p in ("float32", "mixed_bfloat16")}
+    seconds = _cached_seconds(key)
+    cached = seconds is not None
+    if not cached:
+        seconds = {p: float(step_seconds(p)) for p in ("float32", "mixed_bfloat16")}
+        _cache_seconds(key, seconds)
     bf16 = seconds["float32"] >= BFLOAT16_MARGIN * seconds["mixed_bfloat16"]
     rates = ", ".join(f"{p} {batch_size / s:.0f}" for p, s in seconds.items())
-    reason = (f"auto: timed photos/s at {size} px: {rates}; bfloat16 only when "
+    where = f" (by an earlier run on this machine, cached in {_cache_entry(key)[0]})" \
+        if cached else ""
+    reason = (f"auto: timed photos/s at {size} px: {rates}{where}; bfloat16 only when "
               f"{BFLOAT16_MARGIN:g}× faster")
     return PrecisionChoice("mixed_bfloat16" if bf16 else "float32", reason, size, seconds,
-                           batch_size)
+                           batch_size, cached)
 
 
 def _read_int(file: str) -> int | None:

@@ -41,7 +41,7 @@ from catsdogs.callbacks import (
     StepProgbar,
 )
 from catsdogs.config import TrainConfig
-from catsdogs.constants import CLASSES
+from catsdogs.constants import CLASSES, VERSION
 from catsdogs.data.images import load_image
 from catsdogs.data.outliers import (
     OUTLIER_TARGET,
@@ -599,6 +599,16 @@ def step_seconds(cfg: TrainConfig, precision: str, size: int, steps: int = PRECI
     return float(np.median(times))
 
 
+def timed_net(cfg: TrainConfig, size: int) -> dict:
+    """What :func:`step_seconds` at ``size`` pixels depends on besides the machine and the
+    precision: the net (with its pet head when ``other`` is set), the batch, the optimizer and
+    XLA, and the catsdogs version (which may change the net); the key of its cached
+    timings."""
+    return {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "pet_head": bool(cfg.other),
+            "batch_size": cfg.batch_size, "size": size, "optimizer": cfg.optimizer,
+            "jit_compile": cfg.jit_compile, "catsdogs": VERSION}
+
+
 def record_precision(cfg: TrainConfig, timed: bool = True) -> TrainConfig:
     """Resolve the run's precision (:func:`catsdogs.system.choose_precision`, timing
     :func:`step_seconds` at the smallest training size unless not ``timed``), print it and
@@ -606,10 +616,11 @@ def record_precision(cfg: TrainConfig, timed: bool = True) -> TrainConfig:
     and :attr:`TrainConfig.precision_choice` records why, so a resumed run keeps both. The
     smallest size is the cheapest to time, and ``default``'s is also a size of the recipe a
     short budget switches to (:meth:`TrainConfig.short_budget_config`). A time budget pays for
-    the timing: it counts from the command's start."""
+    the timing (it counts from the command's start), unless an earlier run timed the same net
+    on this machine (:func:`timed_net`; the cache of :func:`catsdogs.system.choose_precision`)."""
     size = min(cfg.train_sizes or [cfg.image_size])
     choice = choose_precision(cfg.precision, lambda p: step_seconds(cfg, p, size), size,
-                              cfg.batch_size, timed)
+                              cfg.batch_size, timed, key=timed_net(cfg, size))
     print(choice.line())
     cfg = dataclasses.replace(cfg, precision=choice.precision,
                               precision_choice=dataclasses.asdict(choice))
