@@ -70,9 +70,10 @@ def machine_key() -> dict:
             "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def _cache_entry(key: dict) -> tuple[str, str] | None:
-    """(cache file, entry name) for ``key`` (the net timed, plus :func:`machine_key`)."""
-    folder = cache_dir()
+def _cache_entry(key: dict | None) -> tuple[str, str] | None:
+    """(cache file, entry name) for ``key`` (the net timed, plus :func:`machine_key`); None
+    without a key or with the cache turned off."""
+    folder = cache_dir() if key is not None else None
     if folder is None:
         return None
     text = json.dumps({**machine_key(), **key}, sort_keys=True, default=str)
@@ -90,10 +91,9 @@ def _read_cache(file: str) -> dict:
     return raw if isinstance(raw, dict) else {}
 
 
-def _cached_seconds(key: dict | None) -> dict[str, float] | None:
-    """The step seconds by precision cached for ``key``, or None."""
-    where = _cache_entry(key) if key is not None else None
-    entry = _read_cache(where[0]).get(where[1]) if where else None
+def _cached_seconds(where: tuple[str, str]) -> dict[str, float] | None:
+    """The step seconds by precision in entry ``where`` (:func:`_cache_entry`), or None."""
+    entry = _read_cache(where[0]).get(where[1])
     seconds = entry.get("step_seconds") if isinstance(entry, dict) else None
     if not isinstance(seconds, dict) or set(seconds) != {"float32", "mixed_bfloat16"}:
         return None
@@ -103,12 +103,10 @@ def _cached_seconds(key: dict | None) -> dict[str, float] | None:
         return None
 
 
-def _cache_seconds(key: dict | None, seconds: dict[str, float]) -> None:
-    """Add ``seconds`` for ``key`` to the cache file, atomically; a cache that cannot be
-    written (a read-only home) is skipped: it only saves time."""
-    where = _cache_entry(key) if key is not None else None
-    if where is None:
-        return
+def _cache_seconds(where: tuple[str, str], key: dict, seconds: dict[str, float]) -> None:
+    """Add ``seconds`` for ``key`` as entry ``where`` (:func:`_cache_entry`) of the cache
+    file, atomically; a cache that cannot be written (a read-only home) is skipped: it only
+    saves time."""
     entries = _read_cache(where[0])
     entries[where[1]] = {"key": key, "step_seconds": seconds,
                          "timed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -207,16 +205,17 @@ def choose_precision(precision: str, step_seconds: Callable[[str], float], size:
     if not timed:
         return PrecisionChoice(resolved, "auto: native bfloat16 on this CPU, untimed (several "
                                          "workers)")
-    seconds = _cached_seconds(key)
+    where = _cache_entry(key)
+    seconds = _cached_seconds(where) if where else None
     cached = seconds is not None
     if not cached:
         seconds = {p: float(step_seconds(p)) for p in ("float32", "mixed_bfloat16")}
-        _cache_seconds(key, seconds)
+        if where:
+            _cache_seconds(where, key, seconds)
     bf16 = seconds["float32"] >= BFLOAT16_MARGIN * seconds["mixed_bfloat16"]
     rates = ", ".join(f"{p} {batch_size / s:.0f}" for p, s in seconds.items())
-    where = f" (by an earlier run on this machine, cached in {_cache_entry(key)[0]})" \
-        if cached else ""
-    reason = (f"auto: timed photos/s at {size} px: {rates}{where}; bfloat16 only when "
+    source = f" (by an earlier run on this machine, cached in {where[0]})" if cached else ""
+    reason = (f"auto: timed photos/s at {size} px: {rates}{source}; bfloat16 only when "
               f"{BFLOAT16_MARGIN:g}× faster")
     return PrecisionChoice("mixed_bfloat16" if bf16 else "float32", reason, size, seconds,
                            batch_size, cached)
