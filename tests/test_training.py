@@ -15,6 +15,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import run_cli, save_photo, train_until_crash
 
 import catsdogs.data.pipeline as pipeline
@@ -223,6 +224,30 @@ def test_learning_rate_schedules():
     model = build_model("baseline", 32)
     with pytest.raises(ConfigError, match="unknown optimizer"):
         compile_model(model, make_config("default", optimizer="sgd"), 20)
+
+
+def test_a_traced_step_builds_the_schedule_once_and_trains_as_eagerly():
+    # AdamW reads the learning rate once per weight for its weight decay; the traced step must
+    # hold one copy of the schedule (one Cos op), and train exactly as eager execution does.
+    schedule = training.WarmupCosine(0.01, 3, 12)
+    step = keras.Variable(5, dtype="int64", trainable=False)
+    graph = tf.function(lambda: [schedule(step) for _ in range(4)]).get_concrete_function().graph
+    assert [op.type for op in graph.get_operations()].count("Cos") == 1
+    x = np.random.default_rng(0).normal(size=(96, 4, 4, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("float32")[:, None]
+    weights = []
+    for eager in (False, True):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(4, 3),
+                                  keras.layers.Flatten(), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.AdamW(training.WarmupCosine(0.01, 3, 12),
+                                             weight_decay=0.5),
+                      "binary_crossentropy", run_eagerly=eager, steps_per_execution=4)
+        model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        assert int(model.optimizer.iterations) == 12
+        weights.append(model.get_weights())
+    for traced, eager in zip(*weights, strict=True):
+        np.testing.assert_allclose(traced, eager, rtol=1e-5, atol=1e-6)
 
 
 def test_existing_folder_is_never_overwritten(make_folder, tmp_path):

@@ -438,6 +438,22 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps.assign(float(total_steps))
 
     def __call__(self, step):
+        """The rate at optimizer step ``step`` (a scalar tensor or variable), ``float32``.
+
+        While a step is traced, the rate is built once per graph and step variable and then
+        reused: Keras' AdamW reads ``optimizer.learning_rate`` once per weight for the weight
+        decay (``_apply_weight_decay`` in keras/src/backend/tensorflow/optimizer.py), which
+        otherwise put ~90 copies of this schedule into every traced training step. The copies
+        would all read the same values: the step counter is incremented after the updates."""
+        if tf.executing_eagerly():
+            return self._rate(step)
+        graph = tf.compat.v1.get_default_graph()
+        memo = getattr(self, "_traced", None)
+        if memo is None or memo[0] is not graph or memo[1] is not step:
+            memo = self._traced = (graph, step, self._rate(step))
+        return memo[2]
+
+    def _rate(self, step):
         step = tf.cast(step, tf.float32)
         warmup, total = self.warmup_steps, self.total_steps
         start = self.peak / 10.0
