@@ -431,6 +431,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.peak = float(peak)
         self.warmup_steps = tf.Variable(float(warmup_steps), trainable=False, name="warmup")
         self.total_steps = tf.Variable(float(total_steps), trainable=False, name="total")
+        self._traced = None  # (graph, step, rate) of the step being traced: see __call__
 
     def set_length(self, warmup_steps: int, total_steps: int) -> None:
         """Change the warm-up and total lengths, in optimizer steps."""
@@ -448,7 +449,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         if tf.executing_eagerly():
             return self._rate(step)
         graph = tf.compat.v1.get_default_graph()
-        memo = getattr(self, "_traced", None)
+        memo = self._traced
         if memo is None or memo[0] is not graph or memo[1] is not step:
             memo = self._traced = (graph, step, self._rate(step))
         return memo[2]
