@@ -11,7 +11,7 @@ import pytest
 
 from catsdogs.errors import ConfigError, RunError
 from catsdogs.explain import FEATURES_LAYER, LOGITS_LAYER
-from catsdogs.models import available_models, build_model, load_model
+from catsdogs.models import WSConv2D, available_models, build_model, load_model
 
 
 def test_baseline_is_the_tutorial_net():
@@ -41,6 +41,71 @@ def test_models_take_any_size_and_output_probabilities(name):
     features = m.get_layer(FEATURES_LAYER).output.shape
     assert len(features) == 4 and features[1] >= 1 and features[2] >= 1 and features[3] >= 1
     assert tuple(m.get_layer(LOGITS_LAYER).output.shape) == (None, 1)
+
+
+def test_ws_conv_convolves_with_a_zero_mean_unit_norm_kernel():
+    layer = WSConv2D(4, 3, padding="same", scale=2.0, name="ws")
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    out = np.asarray(layer(x))
+    layer.gain.assign(np.array([1.0, 0.5, 0.0, 3.0], "float32"))
+    out = np.asarray(layer(x))
+    kernel = np.asarray(layer.kernel)
+    # each output channel's 3·3·3 = 27 weights, standardized: (w − mean) / (std · √27)
+    expected_kernel = (kernel - kernel.mean(axis=(0, 1, 2))) \
+        / (kernel.std(axis=(0, 1, 2)) * np.sqrt(27)) * np.array([1.0, 0.5, 0.0, 3.0]) * 2.0
+    plain = keras.layers.Conv2D(4, 3, padding="same")
+    plain.build(x.shape)
+    plain.set_weights([expected_kernel, np.asarray(layer.bias)])
+    np.testing.assert_allclose(out, np.asarray(plain(x)), atol=1e-5)
+    # zero mean per output channel, squared norm (gain · scale)²
+    np.testing.assert_allclose(expected_kernel.sum(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose((expected_kernel ** 2).sum(axis=(0, 1, 2)),
+                               (np.array([1.0, 0.5, 0.0, 3.0]) * 2.0) ** 2, rtol=1e-4)
+
+
+def test_normalizer_free_resnet_starts_as_identity_blocks_and_round_trips(tmp_path):
+    m = build_model("resnet", 48, norm="nf")
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in m.layers)
+    x = np.random.default_rng(1).integers(0, 256, (4, 48, 48, 3)).astype("float32")
+    # s3b2 is not a stage's first block: its shortcut is its input, its branch starts at zero
+    probe = keras.Model(m.inputs, [m.get_layer("s3b1_add").output,
+                                   m.get_layer("s3b2_add").output])
+    before, after = (np.asarray(t) for t in probe(x))
+    np.testing.assert_array_equal(before, after)
+    m.compile(optimizer=keras.optimizers.AdamW(0.01), loss="binary_crossentropy")
+    m.fit(x, np.array([[0.0], [1.0], [0.0], [1.0]]), epochs=2, verbose=0)
+    gains = np.asarray(m.get_layer("s3b2_b_conv").gain)
+    assert np.any(gains != 0)  # trained, so the gain must survive the file
+    m.save(tmp_path / "nf.keras")
+    loaded = load_model(tmp_path / "nf.keras")
+    np.testing.assert_array_equal(np.asarray(loaded.get_layer("s3b2_b_conv").gain), gains)
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(m(x)), atol=1e-6)
+
+
+def test_normalizer_free_resnet_in_bfloat16_matches_float32():
+    x = np.random.default_rng(2).integers(0, 256, (4, 48, 48, 3)).astype("float32")
+    keras.utils.set_random_seed(0)
+    m32 = build_model("resnet", 48, norm="nf")
+    for layer in m32.layers:  # non-zero branches, so every convolution counts
+        if isinstance(layer, WSConv2D):
+            layer.gain.assign(np.full(layer.gain.shape, 0.5, "float32"))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        m16 = build_model("resnet", 48, norm="nf")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    m16.set_weights(m32.get_weights())
+    conv = m16.get_layer("s2b1_a_conv")
+    assert conv.compute_dtype == "bfloat16" and conv.kernel.dtype == "float32"
+    features = [keras.Model(m.inputs, m.get_layer("features").output) for m in (m32, m16)]
+    f32, f16 = (np.asarray(f(x), "float32") for f in features)
+    assert np.abs(f16 - f32).max() < 0.05 * np.abs(f32).max()
+
+
+def test_unknown_norm():
+    with pytest.raises(ConfigError, match="unknown norm"):
+        build_model("resnet", 64, norm="layer")
 
 
 def test_unknown_model():

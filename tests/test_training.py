@@ -105,14 +105,18 @@ def test_a_time_budget_run_follows_its_plan_to_the_end(make_folder, tmp_path):
     assert "Whole command:" in report
 
 
+@pytest.mark.parametrize("same_net", [True, False])
 def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
-        make_folder, tmp_path, monkeypatch):
+        make_folder, tmp_path, monkeypatch, same_net):
     """When the plan at the run's own sizes affords fewer than ``short_budget_epochs`` epochs,
     the run switches to ``short_budget_preset``'s recipe before its first step: config.json
     (with the epochs the first plan afforded), plan.json, the saved model and the report all
-    follow that recipe, and the photos decoded at the first recipe's size are kept. The
-    speed is measured once, on a few batches, at both recipes' sizes, and the training
-    datasets are built once, for the recipe trained with."""
+    follow that recipe, and the photos decoded at the first recipe's size are kept. When both
+    recipes train the same net the speed is measured once, on a few batches, at both recipes'
+    sizes; otherwise the run's own net at its sizes, then the other recipe's net at its own.
+    The training datasets are built once, for the recipe trained with."""
+    fast = make_config("fast")
+    own_net = fast.model_kwargs if same_net else {"blocks": [1, 1, 1, 1], "norm": "batch"}
     made, measured = [], []
     real_datasets, real_measure = training.make_datasets, training.measure_throughput
     monkeypatch.setattr(training, "make_datasets",
@@ -121,15 +125,17 @@ def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
                         lambda *a, **k: measured.append(a[3]) or real_measure(*a, **k))
     run = tmp_path / "run"
     api.train(make_folder(cats=16, dogs=16), run, "quick", image_size=32, train_sizes=[24, 32],
-              batch_size=4, time_budget=0.75, short_budget_preset="fast",
+              batch_size=4, time_budget=0.75, short_budget_preset="fast", model_kwargs=own_net,
               short_budget_epochs=1e6, progress=False)
-    fast = make_config("fast")
-    assert made == [fast.image_size] and measured == [sorted({24, 32, *fast.train_sizes})]
+    assert made == [fast.image_size]
+    assert measured == ([sorted({24, 32, *fast.train_sizes})] if same_net
+                        else [[24, 32], fast.train_sizes])
     config = json.loads((run / "config.json").read_text())
     assert config["budget_recipe"] == "fast" and config["short_budget_preset"] == ""
     assert 0 < config["own_recipe_epochs"] < 1e6
-    assert (config["image_size"], config["train_sizes"], config["learning_rate"]) == \
-        (fast.image_size, fast.train_sizes, fast.learning_rate)
+    assert (config["image_size"], config["train_sizes"], config["learning_rate"],
+            config["model_kwargs"]) == \
+        (fast.image_size, fast.train_sizes, fast.learning_rate, fast.model_kwargs)
     assert config["cache_pixels"] == 32  # the scan decoded at the first recipe's size
     plan = BudgetPlan.load(str(run))
     assert plan.sizes == fast.train_sizes and sorted(plan.step_seconds, key=int) == \

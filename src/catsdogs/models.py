@@ -14,6 +14,7 @@ also answers P(pet), "a cat or a dog at all", from a second logit: its output is
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import zipfile
 from collections.abc import Callable
@@ -138,6 +139,80 @@ def baseline(image_size: int = 64, pet_head: bool = False) -> keras.Model:
     return keras.Model(inputs, _sigmoid_output(x, pet_head), name="baseline")
 
 
+@keras.saving.register_keras_serializable(package="catsdogs")
+class WSConv2D(layers.Conv2D):
+    """``Conv2D`` with scaled weight standardization (Brock et al. 2021, "Characterizing
+    signal propagation to close the performance gap in unnormalized ResNets",
+    arXiv:2101.08692): each output channel's kernel is made zero-mean with variance
+    ``1 / fan_in`` before the convolution, times a learnt per-channel ``gain`` (initialised by
+    ``gain_initializer``) and the constant ``scale``. Channels-last inputs only.
+
+    ``scale`` folds constant factors of the net into the kernel, so they cost no extra pass
+    over the activations: ReLU's gain γ = √(2 / (1 − 1/π)) (the paper's), 1/β of the input's
+    expected standard deviation and the residual branch's α.
+    """
+
+    def __init__(self, *args, scale: float = 1.0, gain_initializer="ones", eps: float = 1e-4,
+                 **kwargs):
+        # No autocast: the kernel's mean and variance are computed in the variables' float32
+        # and only the standardized kernel is cast to the compute dtype (bfloat16 training).
+        kwargs["autocast"] = False
+        super().__init__(*args, **kwargs)
+        self.scale, self.eps = float(scale), float(eps)
+        self.gain_initializer = keras.initializers.get(gain_initializer)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.gain = self.add_weight(shape=(self.filters,), initializer=self.gain_initializer,
+                                    name="gain")
+
+    def standardized_kernel(self):
+        """The kernel the convolution uses, ``(kh, kw, in, out)`` in the variables' dtype
+        (float32)."""
+        kernel = self.kernel
+        fan_in = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+        mean = keras.ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        var = keras.ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+        return (kernel - mean) * keras.ops.rsqrt(keras.ops.maximum(var * fan_in, self.eps)) \
+            * (self.gain * self.scale)
+
+    def call(self, inputs):
+        outputs = self.convolution_op(
+            inputs, keras.ops.cast(self.standardized_kernel(), self.compute_dtype))
+        if self.use_bias:
+            outputs = outputs + keras.ops.cast(self.bias, self.compute_dtype)
+        return outputs if self.activation is None else self.activation(outputs)
+
+    # Conv2D saves and loads its kernel and bias by position ("0", "1"); the gain comes next.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built:
+            store[str(1 + self.use_bias)] = self.gain
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built:
+            self.gain.assign(store[str(1 + self.use_bias)])
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "eps": self.eps,
+                "gain_initializer": keras.initializers.serialize(self.gain_initializer)}
+
+
+RELU_GAIN = (2.0 / (1.0 - 1.0 / math.pi)) ** 0.5
+"""γ of ReLU for scaled weight standardization: 1 / the standard deviation of ReLU(x) for
+x ~ N(0, 1) (Brock et al. 2021, arXiv:2101.08692), ≈ 1.7139."""
+
+NF_ALPHA = 0.2
+"""α of a normalizer-free residual block, ``h + α f(h / β)`` (the paper's value)."""
+
+
+NORMS = ("batch", "nf")
+"""``resnet``'s normalizations: ``batch`` (batch norm after every convolution, post-activation
+blocks) or ``nf`` (normalizer-free: scaled weight standardization, pre-activation blocks,
+:func:`_nf_stages`)."""
+
+
 def _conv_bn(x, filters: int, kernel: int = 3, strides: int = 1, act: bool = True, name=""):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
@@ -163,22 +238,73 @@ def _basic_block(x, filters: int, strides: int, name: str):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
+PIXEL_STD = 0.226
+"""Standard deviation of a photo's 0–1 pixels (ImageNet's, 0.229/0.224/0.225 per channel, as in
+``keras.applications`` torch-mode preprocessing): the normalizer-free stem divides by it so the
+net starts from inputs of about unit variance, as the paper's normalized inputs."""
+
+
+def _nf_stages(x, stem: int, widths, blocks) -> keras.KerasTensor:
+    """The normalizer-free body: a scaled-WS stem, then pre-activation basic blocks
+    ``h + α f(h / β)`` (Brock et al. 2021, arXiv:2101.08692), β² being the expected variance of
+    ``h`` (1 after the stem and after each stage's first block, growing by α² per block).
+    Each residual branch ends in a zero-gain convolution so the block starts as the identity;
+    the first block of a stage takes its shortcut (average pooling + 1×1 convolution, ResNet-D)
+    from the activated input, as in the paper. Ends with a ReLU."""
+    x = WSConv2D(stem, 3, strides=2, padding="same", scale=1.0 / PIXEL_STD, name="stem_conv")(x)
+    variance = 1.0
+    for s, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+        for b in range(n):
+            name, strides = f"s{s + 1}b{b + 1}", 2 if b == 0 else 1
+            into = RELU_GAIN / variance ** 0.5  # γ of the ReLU and 1/β, folded into the kernels
+            out = layers.ReLU(name=f"{name}_in_relu")(x)
+            shortcut = x
+            if b == 0:
+                shortcut = layers.AveragePooling2D(strides, padding="same",
+                                                   name=f"{name}_down_pool")(out)
+                shortcut = WSConv2D(w, 1, scale=into, name=f"{name}_down_conv")(shortcut)
+            y = WSConv2D(w, 3, strides=strides, padding="same", scale=into,
+                         name=f"{name}_a_conv")(out)
+            y = layers.ReLU(name=f"{name}_a_relu")(y)
+            y = WSConv2D(w, 3, padding="same", scale=RELU_GAIN * NF_ALPHA,
+                         gain_initializer="zeros", name=f"{name}_b_conv")(y)
+            x = layers.Add(name=f"{name}_add")([y, shortcut])
+            variance = (1.0 if b == 0 else variance) + NF_ALPHA ** 2
+    return layers.ReLU(name="final_relu")(x)
+
+
 @register("resnet")
 def resnet(image_size: int = 128, widths: tuple[int, ...] = (32, 64, 128, 256),
            blocks: tuple[int, ...] = (1, 1, 2, 1), stem: int = 24,
-           dropout: float = 0.2, pet_head: bool = False) -> keras.Model:
+           dropout: float = 0.2, pet_head: bool = False, norm: str = "batch"
+           ) -> keras.Model:
     """Our from-scratch residual CNN for small CPUs.
 
     A stride-2 3×3 stem, then one stage per entry of ``widths`` (the first block of each stage
     halves the resolution) of ResNet basic blocks, global average pooling, dropout and a single
-    logit. Batch-norm after every convolution. At 128 px with the defaults it costs ~0.15 GFLOPs
-    per image (forward).
+    logit. At 128 px with the defaults it costs ~0.15 GFLOPs per image (forward).
+
+    Args:
+        image_size: the size (pixels) inputs are resized to; input ``(batch, h, w, 3)`` float32
+            pixels 0–255, output ``(batch, 1)`` float32 P(dog) (``(batch, 2)`` with
+            ``pet_head``: P(dog), P(pet)).
+        norm: ``batch``: batch norm after every convolution (post-activation blocks);
+            ``nf``: normalizer-free (:func:`_nf_stages`), the same widths and depths without
+            the batch-norm arithmetic (docs/recipes.md, "Normalizer-free net").
+
+    Raises:
+        ConfigError: an unknown ``norm``.
     """
     inputs, x = preprocessing_head(image_size)
-    x = _conv_bn(x, stem, 3, 2, name="stem")
-    for s, (w, n) in enumerate(zip(widths, blocks, strict=True)):
-        for b in range(n):
-            x = _basic_block(x, w, 2 if b == 0 else 1, name=f"s{s + 1}b{b + 1}")
+    if norm not in NORMS:
+        raise ConfigError(f"resnet: unknown norm {norm!r}; choose one of {NORMS}")
+    if norm == "nf":
+        x = _nf_stages(x, stem, widths, blocks)
+    else:
+        x = _conv_bn(x, stem, 3, 2, name="stem")
+        for s, (w, n) in enumerate(zip(widths, blocks, strict=True)):
+            for b in range(n):
+                x = _basic_block(x, w, 2 if b == 0 else 1, name=f"s{s + 1}b{b + 1}")
     x = layers.Identity(name="features")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
