@@ -235,8 +235,13 @@ def test_a_short_budget_switches_default_to_the_fast_recipe_only():
     cfg = make_config("default", time_budget=5, seed=7, other="/o")
     short = cfg.short_budget_config()
     fast = make_config("fast")
-    for name in ("image_size", "train_sizes", "learning_rate", "augmentation", "model"):
+    for name in ("image_size", "train_sizes", "learning_rate", "augmentation", "model",
+                 "model_kwargs"):
         assert getattr(short, name) == getattr(fast, name), name
+    # fast's recipe names its net, so a run of another model switches to that net whole
+    baseline = make_config("baseline", time_budget=5, short_budget_preset="fast")
+    assert (baseline.short_budget_config().model,
+            baseline.short_budget_config().model_kwargs) == ("resnet", fast.model_kwargs)
     assert (short.time_budget, short.seed, short.other, short.preset) == (5, 7, "/o", "default")
     assert short.budget_recipe == "fast" and short.short_budget_preset == ""
     assert short.cache_size() == cfg.cache_size() == 128 > max(short.train_sizes)

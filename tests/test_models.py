@@ -46,21 +46,24 @@ def test_models_take_any_size_and_output_probabilities(name):
 def test_ws_conv_convolves_with_a_zero_mean_unit_norm_kernel():
     layer = WSConv2D(4, 3, padding="same", scale=2.0, name="ws")
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    layer(x)
+    gain = np.array([1.0, 0.5, 0.0, 3.0], "float32")
+    layer.gain.assign(gain)
+    layer.bias.assign(np.array([0.1, -0.2, 0.3, 0.0], "float32"))
     out = np.asarray(layer(x))
-    layer.gain.assign(np.array([1.0, 0.5, 0.0, 3.0], "float32"))
-    out = np.asarray(layer(x))
-    kernel = np.asarray(layer.kernel)
+    used = np.asarray(layer.standardized_kernel())
+    # zero mean per output channel, squared norm (gain · scale)²
+    np.testing.assert_allclose(used.sum(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose((used ** 2).sum(axis=(0, 1, 2)), (gain * 2.0) ** 2, rtol=1e-4)
     # each output channel's 3·3·3 = 27 weights, standardized: (w − mean) / (std · √27)
-    expected_kernel = (kernel - kernel.mean(axis=(0, 1, 2))) \
-        / (kernel.std(axis=(0, 1, 2)) * np.sqrt(27)) * np.array([1.0, 0.5, 0.0, 3.0]) * 2.0
+    kernel = np.asarray(layer.kernel)
+    expected = (kernel - kernel.mean(axis=(0, 1, 2))) \
+        / (kernel.std(axis=(0, 1, 2)) * np.sqrt(27)) * gain * 2.0
+    np.testing.assert_allclose(used, expected, atol=1e-6)
     plain = keras.layers.Conv2D(4, 3, padding="same")
     plain.build(x.shape)
-    plain.set_weights([expected_kernel, np.asarray(layer.bias)])
+    plain.set_weights([expected, np.asarray(layer.bias)])
     np.testing.assert_allclose(out, np.asarray(plain(x)), atol=1e-5)
-    # zero mean per output channel, squared norm (gain · scale)²
-    np.testing.assert_allclose(expected_kernel.sum(axis=(0, 1, 2)), 0, atol=1e-5)
-    np.testing.assert_allclose((expected_kernel ** 2).sum(axis=(0, 1, 2)),
-                               (np.array([1.0, 0.5, 0.0, 3.0]) * 2.0) ** 2, rtol=1e-4)
 
 
 def test_normalizer_free_resnet_starts_as_identity_blocks_and_round_trips(tmp_path):

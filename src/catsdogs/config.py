@@ -412,9 +412,9 @@ PRESETS: dict[str, dict] = {
     # The same widths and depths without batch norm, on smaller photos and shorter: its steps
     # are cheaper and it learns faster in the first epochs; a short run underfits, so a milder
     # crop and a higher peak learning rate (docs/recipes.md).
-    "fast": dict(model_kwargs={"norm": "nf"}, image_size=96, train_sizes=[64, 80, 96], epochs=9,
-                 learning_rate=4e-3, augmentation="light_crop_flip", time_budget=5.0,
-                 short_budget_preset=""),
+    "fast": dict(model="resnet", model_kwargs={"norm": "nf"}, image_size=96,
+                 train_sizes=[64, 80, 96], epochs=9, learning_rate=4e-3,
+                 augmentation="light_crop_flip", time_budget=5.0, short_budget_preset=""),
     # Two-stage transfer learning from ImageNet (https://keras.io/guides/transfer_learning/):
     # 2 epochs of the new head on a frozen backbone, then 6 of fine-tuning at a tenth of the
     # learning rate. Fixed epochs: the two stages are not planned to a time budget.

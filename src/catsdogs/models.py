@@ -144,8 +144,12 @@ class WSConv2D(layers.Conv2D):
     """``Conv2D`` with scaled weight standardization (Brock et al. 2021, "Characterizing
     signal propagation to close the performance gap in unnormalized ResNets",
     arXiv:2101.08692): each output channel's kernel is made zero-mean with variance
-    ``1 / fan_in`` before the convolution, times a learnt per-channel ``gain`` (initialised by
-    ``gain_initializer``) and the constant ``scale``. Channels-last inputs only.
+    ``1 / fan_in`` (``fan_in`` = kernel height × width × input channels; ``eps`` floors
+    ``variance × fan_in``) before the convolution, times a learnt per-channel ``gain``
+    (initialised by ``gain_initializer``) and the constant ``scale``. Input
+    ``(batch, height, width, in)``, cast to the compute dtype; output
+    ``(batch, height', width', filters)`` in the compute dtype (bfloat16 under
+    ``mixed_bfloat16``). Channels-last only.
 
     ``scale`` folds constant factors of the net into the kernel, so they cost no extra pass
     over the activations: ReLU's gain γ = √(2 / (1 − 1/π)) (the paper's), 1/β of the input's
@@ -158,6 +162,8 @@ class WSConv2D(layers.Conv2D):
         # and only the standardized kernel is cast to the compute dtype (bfloat16 training).
         kwargs["autocast"] = False
         super().__init__(*args, **kwargs)
+        if self.data_format != "channels_last":
+            raise ConfigError(f"WSConv2D {self.name}: channels_last only, got {self.data_format}")
         self.scale, self.eps = float(scale), float(eps)
         self.gain_initializer = keras.initializers.get(gain_initializer)
 
@@ -177,6 +183,7 @@ class WSConv2D(layers.Conv2D):
             * (self.gain * self.scale)
 
     def call(self, inputs):
+        inputs = keras.ops.cast(inputs, self.compute_dtype)  # autocast is off (__init__)
         outputs = self.convolution_op(
             inputs, keras.ops.cast(self.standardized_kernel(), self.compute_dtype))
         if self.use_bias:
@@ -247,10 +254,12 @@ net starts from inputs of about unit variance, as the paper's normalized inputs.
 def _nf_stages(x, stem: int, widths, blocks) -> keras.KerasTensor:
     """The normalizer-free body: a scaled-WS stem, then pre-activation basic blocks
     ``h + α f(h / β)`` (Brock et al. 2021, arXiv:2101.08692), β² being the expected variance of
-    ``h`` (1 after the stem and after each stage's first block, growing by α² per block).
-    Each residual branch ends in a zero-gain convolution so the block starts as the identity;
-    the first block of a stage takes its shortcut (average pooling + 1×1 convolution, ResNet-D)
-    from the activated input, as in the paper. Ends with a ReLU."""
+    ``h``: 1 after the stem, 1 + α² after a stage's first block (whose shortcut, average
+    pooling + 1×1 convolution as in ResNet-D, takes the activated input ``ReLU(h / β)``, as in
+    the paper), plus α² after each later block. Each residual branch ends in a zero-gain
+    convolution, so at initialisation a block is its shortcut (the identity after a stage's
+    first block). ``x``: ``(batch, size, size, 3)`` pixels 0–1; returns the post-ReLU feature
+    map ``(batch, size / 2^(1 + stages), …, widths[-1])``."""
     x = WSConv2D(stem, 3, strides=2, padding="same", scale=1.0 / PIXEL_STD, name="stem_conv")(x)
     variance = 1.0
     for s, (w, n) in enumerate(zip(widths, blocks, strict=True)):
@@ -288,6 +297,10 @@ def resnet(image_size: int = 128, widths: tuple[int, ...] = (32, 64, 128, 256),
         image_size: the size (pixels) inputs are resized to; input ``(batch, h, w, 3)`` float32
             pixels 0–255, output ``(batch, 1)`` float32 P(dog) (``(batch, 2)`` with
             ``pet_head``: P(dog), P(pet)).
+        widths, blocks: channels and number of basic blocks of each stage.
+        stem: channels of the stride-2 stem convolution.
+        dropout: dropout rate before the logit(s).
+        pet_head: a second logit for P(pet) (training with ``--other``).
         norm: ``batch``: batch norm after every convolution (post-activation blocks);
             ``nf``: normalizer-free (:func:`_nf_stages`), the same widths and depths without
             the batch-norm arithmetic (docs/recipes.md, "Normalizer-free net").
