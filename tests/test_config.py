@@ -239,9 +239,9 @@ def test_a_short_budget_switches_default_to_the_fast_recipe_only():
                  "model_kwargs"):
         assert getattr(short, name) == getattr(fast, name), name
     # fast's recipe names its net, so a run of another model switches to that net whole
-    baseline = make_config("baseline", time_budget=5, short_budget_preset="fast")
-    assert (baseline.short_budget_config().model,
-            baseline.short_budget_config().model_kwargs) == ("resnet", fast.model_kwargs)
+    switched = make_config("baseline", time_budget=5, short_budget_preset="fast") \
+        .short_budget_config()
+    assert (switched.model, switched.model_kwargs) == ("resnet", fast.model_kwargs)
     assert (short.time_budget, short.seed, short.other, short.preset) == (5, 7, "/o", "default")
     assert short.budget_recipe == "fast" and short.short_budget_preset == ""
     assert short.cache_size() == cfg.cache_size() == 128 > max(short.train_sizes)

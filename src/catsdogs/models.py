@@ -27,7 +27,13 @@ from tensorflow.python.profiler.model_analyzer import profile
 from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 from tensorflow.python.util.deprecation import silence
 
-from catsdogs.backbones import BACKBONES, PREPROCESS, build_backbone, cached_weights
+from catsdogs.backbones import (
+    BACKBONES,
+    PREPROCESS,
+    TorchPreprocess,
+    build_backbone,
+    cached_weights,
+)
 from catsdogs.errors import ConfigError, RunError
 
 PET_COLUMN = 1
@@ -245,10 +251,11 @@ def _basic_block(x, filters: int, strides: int, name: str):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
-PIXEL_STD = 0.226
-"""Standard deviation of a photo's 0–1 pixels (ImageNet's, 0.229/0.224/0.225 per channel, as in
-``keras.applications`` torch-mode preprocessing): the normalizer-free stem divides by it so the
-net starts from inputs of about unit variance, as the paper's normalized inputs."""
+PIXEL_STD = sum(TorchPreprocess.STD) / len(TorchPreprocess.STD)
+"""Standard deviation of a photo's 0–1 pixels, ≈ 0.226: ImageNet's per-channel values of
+``keras.applications``' torch-mode preprocessing (:class:`catsdogs.backbones.TorchPreprocess`),
+averaged. The normalizer-free stem divides by it so the net starts from inputs of about unit
+variance, as the paper's normalized inputs."""
 
 
 def _nf_stages(x, stem: int, widths, blocks) -> keras.KerasTensor:
