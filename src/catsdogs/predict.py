@@ -70,13 +70,14 @@ class Predictor:
             :class:`~catsdogs.engines.OnnxEngine`, :class:`~catsdogs.engines.LiteRTEngine`).
         image_size: the size its training used (from ``config.json``), pixels.
         threshold: P(dog) at or above which the label is ``dog``.
-        batch_size: photos per engine call.
+        batch_size: photos per engine call (with ``tta``, each call holds them and their mirror
+            images, twice as many).
         tta: test-time flips: P(dog) is the mean over the photo and its mirror image; two model
-            calls per photo (see :class:`catsdogs.config.InferenceSettings`).
+            passes per photo (see :class:`catsdogs.config.InferenceSettings`).
         ood_threshold: OOD score above which the label is ``other`` (None: never).
     """
 
-    def __init__(self, model, image_size: int, threshold: float = 0.5, batch_size: int = 32,
+    def __init__(self, model, image_size: int, threshold: float = 0.5, batch_size: int = 64,
                  tta: bool = False, ood_threshold: float | None = None):
         engines = (KerasEngine, OnnxEngine, LiteRTEngine)
         self.engine = model if isinstance(model, engines) else KerasEngine(model)
@@ -139,9 +140,11 @@ class Predictor:
         out = []
         for i in range(0, len(batch), self.batch_size):
             x = batch[i:i + self.batch_size].astype(np.float32)
-            p = self.engine(x)
-            if self.tta:
-                p = (p + self.engine(np.ascontiguousarray(x[:, :, ::-1]))) / 2
+            if self.tta:  # one call for photos and mirror images: a call has a fixed cost
+                both = self.engine(np.concatenate([x, x[:, :, ::-1]]))
+                p = (both[:len(x)] + both[len(x):]) / 2
+            else:
+                p = self.engine(x)
             out.append(p)
         return np.concatenate(out).astype(np.float32)
 
