@@ -125,7 +125,8 @@ def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
                         lambda *a, **k: measured.append(a[3]) or real_measure(*a, **k))
     run = tmp_path / "run"
     api.train(make_folder(cats=16, dogs=16), run, "quick", image_size=32, train_sizes=[24, 32],
-              batch_size=4, time_budget=0.75, short_budget_preset="fast", model_kwargs=own_net,
+              batch_size=fast.batch_size if same_net else 4, time_budget=0.75,
+              short_budget_preset="fast", model_kwargs=own_net,
               short_budget_epochs=1e6, progress=False)
     assert made == [fast.image_size]
     assert measured == ([sorted({24, 32, *fast.train_sizes})] if same_net
