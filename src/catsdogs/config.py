@@ -38,7 +38,8 @@ class InferenceSettings:
     Attributes:
         threshold: P(dog) at or above which a photo is called a dog, 0–1.
         tta: test-time augmentation: P(dog) is the mean over the photo and its mirror image
-            (Krizhevsky et al. 2012, §4.1; fastai's ``tta``); two model calls per photo.
+            (Krizhevsky et al. 2012, §4.1; fastai's ``tta``); two model passes per photo, in
+            one call.
         engine: one of :data:`ENGINES`.
         ood_threshold: OOD score (:func:`catsdogs.ood.ood_score`) above which a photo is called
             ``other``, "neither a cat nor a dog"; chosen on the validation split at the end of
