@@ -135,8 +135,9 @@ def test_a_budget_too_short_for_the_recipe_trains_with_the_short_budget_recipe(
     assert config["budget_recipe"] == "fast" and config["short_budget_preset"] == ""
     assert 0 < config["own_recipe_epochs"] < 1e6
     assert (config["image_size"], config["train_sizes"], config["learning_rate"],
-            config["model_kwargs"]) == \
-        (fast.image_size, fast.train_sizes, fast.learning_rate, fast.model_kwargs)
+            config["model_kwargs"], config["batch_size"]) == \
+        (fast.image_size, fast.train_sizes, fast.learning_rate, fast.model_kwargs,
+         fast.batch_size)
     assert config["cache_pixels"] == 32  # the scan decoded at the first recipe's size
     plan = BudgetPlan.load(str(run))
     assert plan.sizes == fast.train_sizes and sorted(plan.step_seconds, key=int) == \
