@@ -132,7 +132,7 @@ def _check_quantized(run_dir: str, target: str, model, cfg: TrainConfig, engine)
     threshold = cfg.inference.threshold
     p = {}
     for name, eng in (("keras", KerasEngine(model)), ("quantized", engine)):
-        p[name] = Predictor(eng, cfg.image_size, threshold, batch_size=64,
+        p[name] = Predictor(eng, cfg.image_size, threshold,
                             tta=cfg.inference.tta).predict_prepared(images)
     wrong = {k: int(np.sum((v >= threshold) != labels)) for k, v in p.items()}
     allowed = max(1, math.floor(INT8_MAX_EXTRA_ERRORS * len(labels)))
