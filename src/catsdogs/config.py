@@ -219,7 +219,8 @@ class TrainConfig:
             own sizes (:meth:`short_budget_config`); ``""`` (``--set short_budget_preset=none``):
             never. Measured reason (docs/recipes.md): ``fast``'s recipe scored higher on the
             validation split than ``default``'s at every budget tried up to 20 minutes (by 9.5
-            points at 5 minutes, 1.0 at 20), where ``default``'s plan had 3.3 to 15.5 epochs.
+            points at 5 minutes, 0.6–1.0 at 20), where ``default``'s plan had 3.3 to 18.3
+            epochs; at 30 minutes (22 planned) ``default``'s scored higher.
         short_budget_epochs: the planned epochs below which the switch happens.
         budget_recipe: not a setting: the preset whose recipe this run switched to (``""``:
             none), recorded in ``config.json`` so a resumed run keeps it.
@@ -284,7 +285,7 @@ class TrainConfig:
     other_weight: float = 0.5
     inference: InferenceSettings = field(default_factory=lambda: InferenceSettings(tta=True))
     short_budget_preset: str = "fast"
-    short_budget_epochs: float = 16.0
+    short_budget_epochs: float = 20.0
     budget_recipe: str = ""
     own_recipe_epochs: float | None = None
     cache_pixels: int | None = None
@@ -425,7 +426,7 @@ PRESETS: dict[str, dict] = {
                      weight_decay=0.01, warmup_epochs=0.5, augmentation="light_crop_flip",
                      val_every=1, time_budget=None, short_budget_preset=""),
     # Our from-scratch recipe, to a 30-minute budget: TrainConfig's own defaults; a budget that
-    # affords fewer than 16 epochs at its sizes trains with fast's recipe (docs/recipes.md).
+    # affords fewer than 20 epochs at its sizes trains with fast's recipe (docs/recipes.md).
     "default": {},
 }
 """Preset name → overrides of :class:`TrainConfig` defaults."""
