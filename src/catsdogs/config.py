@@ -219,7 +219,7 @@ class TrainConfig:
             own sizes (:meth:`short_budget_config`); ``""`` (``--set short_budget_preset=none``):
             never. Measured reason (docs/recipes.md): ``fast``'s recipe scored higher on the
             validation split than ``default``'s at every budget tried up to 20 minutes (by 9.5
-            points at 5 minutes, 0.6–1.0 at 20), where ``default``'s plan had 3.3 to 18.3
+            points at 5 minutes, 0.7–1.0 at 20), where ``default``'s plan had 3.3 to 18.6
             epochs; at 30 minutes (22 planned) ``default``'s scored higher.
         short_budget_epochs: the planned epochs below which the switch happens.
         budget_recipe: not a setting: the preset whose recipe this run switched to (``""``:
