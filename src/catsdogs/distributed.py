@@ -50,13 +50,22 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.data.ops import multi_device_iterator_ops
+from tensorflow.python.distribute import multi_worker_util
+from tensorflow.python.eager import context
 
 from catsdogs.data.pipeline import pipeline_options
 from catsdogs.errors import ConfigError, RunError
 
 TF_CONFIG = "TF_CONFIG"
 """The environment variable TensorFlow reads the cluster from."""
+
+HEARTBEAT_TIMEOUT_SECONDS = 30
+"""How long a worker may go without a heartbeat to TensorFlow's coordination service before
+every worker stops with an error. TensorFlow's default is 10 s, and two workers sharing a busy
+2-core machine with other processes missed it now and then during a healthy first epoch; a
+worker that really died is still reported within this time."""
 
 
 @dataclass(frozen=True)
@@ -169,14 +178,40 @@ def make_strategy(cluster: Cluster) -> tf.distribute.Strategy:
     TensorFlow operation of the process (TensorFlow configures collectives at start-up).
 
     TensorFlow's own health check is kept on: when a worker dies, the others' collectives fail
-    (``tf.errors.UnavailableError`` and kin) instead of waiting for ever. The strategy's
-    per-device input datasets get our tf.data options (:func:`device_datasets_untuned`).
+    (``tf.errors.UnavailableError`` and kin) instead of waiting for ever; the coordination
+    service declares a worker dead after :data:`HEARTBEAT_TIMEOUT_SECONDS` without a heartbeat
+    (:func:`configure_coordination`). The strategy's per-device input datasets get our tf.data
+    options (:func:`device_datasets_untuned`).
     """
     device_datasets_untuned()
     os.environ[TF_CONFIG] = json.dumps(cluster.tf_config)
+    configure_coordination(cluster)
     options = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def configure_coordination(cluster: Cluster) -> None:
+    """Configure TensorFlow's coordination service (its workers' heartbeats and failure
+    detection) as ``MultiWorkerMirroredStrategy`` does, with the heartbeat timeout of
+    :data:`HEARTBEAT_TIMEOUT_SECONDS` instead of TensorFlow's 10 s. The strategy keeps a
+    service configured before it is created (``CollectiveAllReduceExtended.
+    _initialize_multi_worker`` configures one only when none is); the settings are TensorFlow's
+    ``CoordinationServiceConfig`` (``tensorflow/core/protobuf/coordination_config.proto``)."""
+    spec = tf.train.ClusterSpec(cluster.tf_config["cluster"])
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_SECONDS * 1000)
+
+
+def heartbeat_timeout() -> float:
+    """Seconds this process's coordination service waits for a worker's heartbeat, as the
+    strategy was configured (0: TensorFlow's default; :func:`make_strategy` sets
+    :data:`HEARTBEAT_TIMEOUT_SECONDS`)."""
+    config = context.context().coordination_service
+    return config.heartbeat_timeout_in_ms / 1000 if config else 0.0
 
 
 def device_datasets_untuned() -> None:

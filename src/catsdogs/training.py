@@ -64,6 +64,7 @@ from catsdogs.distributed import (
     Shared,
     distribute,
     fingerprint,
+    heartbeat_timeout,
     make_strategy,
     prepare_model,
     remove_worker_folder,
@@ -938,7 +939,8 @@ def for_workers(cfg: TrainConfig, cluster: Cluster) -> TrainConfig:
     print(f"{cluster.size} workers ({', '.join(cluster.addresses)}); this is worker "
           f"{cluster.rank}{' (chief)' if cluster.is_chief else ''}. Global batch "
           f"{cfg.batch_size * cluster.size} = {cluster.size} × {cfg.batch_size}; peak learning "
-          f"rate {cfg.learning_rate:g} (× {cluster.size}, linear scaling rule)")
+          f"rate {cfg.learning_rate:g} (× {cluster.size}, linear scaling rule); a worker "
+          f"silent for {heartbeat_timeout():g} s stops them all")
     return cfg
 
 
