@@ -197,7 +197,7 @@ def configure_coordination(cluster: Cluster) -> None:
     :data:`HEARTBEAT_TIMEOUT_SECONDS` instead of TensorFlow's 10 s. The strategy keeps a
     service configured before it is created (``CollectiveAllReduceExtended.
     _initialize_multi_worker`` configures one only when none is); the settings are TensorFlow's
-    ``CoordinationServiceConfig`` (``tensorflow/core/protobuf/coordination_config.proto``)."""
+    ``CoordinationServiceConfig`` (``xla/tsl/protobuf/coordination_config.proto``)."""
     spec = tf.train.ClusterSpec(cluster.tf_config["cluster"])
     jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
             for job in ("chief", "worker") if job in spec.jobs]
